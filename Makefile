@@ -1,0 +1,52 @@
+# A3Mailer: `make run` starts everything on the embedded default; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: run test lint format frontend schema bench clean help
+
+help:
+	@echo "make run      install into .venv, migrate, start every role (http://127.0.0.1:8000)"
+	@echo "make test     install dev dependencies, run lint and the whole suite"
+	@echo "make lint     ruff check + ruff format --check"
+	@echo "make frontend rebuild static/ from frontend/ (needs npm)"
+	@echo "make schema   write the OpenAPI document to docs/openapi.yaml"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP_RUN): requirements.txt | $(PY)
+	$(BIN)/pip install --quiet -r requirements.txt
+	@touch $@
+
+$(STAMP_DEV): requirements.txt requirements-dev.txt | $(PY)
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@touch $@ $(STAMP_RUN)
+
+run: $(STAMP_RUN)
+	$(PY) manage.py serve
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP_DEV) lint
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m pytest
+
+format: $(STAMP_DEV)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+frontend:
+	cd frontend && npm ci --no-audit --no-fund && npm run build
+
+schema: $(STAMP_DEV)
+	$(PY) manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

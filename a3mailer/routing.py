@@ -1,0 +1,7 @@
+from django.urls import path
+
+from apps.alerts.consumers import AlertConsumer
+
+websocket_urlpatterns = [
+    path("ws/alerts/", AlertConsumer.as_asgi()),
+]

@@ -1,0 +1,341 @@
+"""A3Mailer settings: one module, every deploy-time value from the environment.
+
+Every variable has a working default so that `make run` needs nothing but Python. The full
+list, with comments, is in `.env.example`; the README has the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
+
+from a3mailer.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+    parse_listen,
+    persistent_secret_key,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# --- Paths and identity ----------------------------------------------------------------
+A3_DATA_DIR = Path(env_str("A3_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+A3_DATA_DIR.mkdir(parents=True, exist_ok=True)
+A3_BLOB_DIR = A3_DATA_DIR / "blobs"
+A3_HOSTNAME = env_str("A3_HOSTNAME", "localhost").strip().lower()
+
+A3_HTTP_LISTEN = parse_listen("A3_HTTP_LISTEN", "127.0.0.1:8000")
+A3_SMTP_LISTEN = parse_listen("A3_SMTP_LISTEN", "127.0.0.1:2525")
+A3_SUBMISSION_LISTEN = parse_listen("A3_SUBMISSION_LISTEN", "127.0.0.1:2587")
+A3_MAX_MESSAGE_SIZE = env_int("A3_MAX_MESSAGE_SIZE", 26_214_400, minimum=1024)
+A3_TLS_CERT = env_str("A3_TLS_CERT")
+A3_TLS_KEY = env_str("A3_TLS_KEY")
+if bool(A3_TLS_CERT) != bool(A3_TLS_KEY):
+    raise ImproperlyConfigured("A3_TLS_CERT and A3_TLS_KEY must be set together")
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY") or persistent_secret_key(A3_DATA_DIR)
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [A3_HOSTNAME, "localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# --- Applications ----------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_htmx",
+    "django_celery_beat",
+    "channels",
+    "csp",
+    "apps.core",
+    "apps.alerts",
+    "apps.accounts",
+    "apps.mailboxes",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "apps.core.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "apps.core.middleware.ApplicationErrorMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "a3mailer.urls"
+ASGI_APPLICATION = "a3mailer.asgi.application"
+WSGI_APPLICATION = "a3mailer.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "apps.core.context_processors.a3mailer",
+            ],
+        },
+    },
+]
+
+# --- Database --------------------------------------------------------------------------
+# SQLite runs in WAL mode with IMMEDIATE transactions so that concurrent writers queue on
+# the busy timeout instead of failing with "database is locked" on lock upgrade.
+# synchronous=FULL: a commit is on disk before we acknowledge anything built on it.
+_SQLITE_OPTIONS = {
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+    "init_command": (
+        "PRAGMA journal_mode=WAL;PRAGMA synchronous=FULL;PRAGMA foreign_keys=ON;PRAGMA busy_timeout=30000;"
+    ),
+}
+_env = environ.Env()
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    _db = _env.db_url_config(DATABASE_URL)
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db.setdefault("OPTIONS", {}).update(_SQLITE_OPTIONS)
+    elif _db["ENGINE"] in {
+        "django.db.backends.postgresql",
+        "django.db.backends.postgresql_psycopg2",
+    }:
+        _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+        _db["CONN_MAX_AGE"] = env_int("A3_DB_CONN_MAX_AGE", 60, minimum=0)
+        _db["CONN_HEALTH_CHECKS"] = True
+else:
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(A3_DATA_DIR / "a3mailer.sqlite3"),
+        "OPTIONS": dict(_SQLITE_OPTIONS),
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: broker, channel layer, cache -------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "a3",
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "a3:channels"},
+        }
+    }
+    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+else:
+    # Embedded mode: everything lives in the one `serve` process. The database stays the
+    # source of truth, so a lost in-memory task only delays work until the next sweep.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "memory://")
+
+# --- Celery ----------------------------------------------------------------------------
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SOFT_TIME_LIMIT = 300
+CELERY_TASK_TIME_LIMIT = 360
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+A3_WORKER_CONCURRENCY = env_int("A3_WORKER_CONCURRENCY", 4, minimum=1)
+
+# --- Auth ------------------------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "core:overview"
+LOGOUT_REDIRECT_URL = "accounts:login"
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": env_int("A3_PASSWORD_MIN_LENGTH", 12, minimum=8)},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+DJANGO_SUPERUSER_EMAIL = env_str("DJANGO_SUPERUSER_EMAIL")
+DJANGO_SUPERUSER_PASSWORD = env_secret("DJANGO_SUPERUSER_PASSWORD")
+
+# Failed logins from one address or for one account within the window raise an alert.
+A3_LOGIN_FAILURE_ALERT_THRESHOLD = env_int("A3_LOGIN_FAILURE_ALERT_THRESHOLD", 5, minimum=1)
+A3_LOGIN_FAILURE_WINDOW_SECONDS = env_int("A3_LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
+A3_API_TOKEN_DEFAULT_DAYS = env_int("A3_API_TOKEN_DEFAULT_DAYS", 90, minimum=0)
+A3_ALERT_RETENTION_DAYS = env_int("A3_ALERT_RETENTION_DAYS", 90, minimum=1)
+
+# --- Security headers and cookies ------------------------------------------------------
+A3_SECURE_COOKIES = env_bool("A3_SECURE_COOKIES", True)
+SESSION_COOKIE_SECURE = A3_SECURE_COOKIES
+CSRF_COOKIE_SECURE = A3_SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env_int("A3_SESSION_AGE_SECONDS", 8 * 3600, minimum=300)
+SESSION_COOKIE_NAME = "a3_session"
+CSRF_COOKIE_NAME = "a3_csrftoken"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SECURE_SSL_REDIRECT = env_bool("A3_HTTPS_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("A3_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+if env_bool("A3_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = True
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("A3_MAX_REQUEST_BYTES", 1_048_576, minimum=1024)
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "frame-src": [SELF],
+        "frame-ancestors": [NONE],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+    }
+}
+
+# --- Static files ----------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = A3_DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the finders so that `serve` needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- I18N ------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("A3_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- REST API --------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.accounts.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "apps.core.api.pagination.StandardPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.SearchFilter",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "apps.core.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_RATES": {"auth": env_str("A3_AUTH_THROTTLE_RATE", "30/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "A3Mailer API",
+    "DESCRIPTION": (
+        "Manage domains, mailboxes, aliases and alerts. Authenticate with "
+        "`Authorization: Bearer <token>` from `POST /api/v1/auth/token/`. Errors are JSON "
+        'objects `{"code", "detail", "fields"}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "AlertLevelEnum": "apps.alerts.models.Alert.Level",
+        "UserRoleEnum": "apps.accounts.models.User.Role",
+    },
+}
+
+# --- Email (outbound relay arrives later; until then Django's backend setting) ----------
+EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", f"a3mailer@{A3_HOSTNAME}")
+
+# --- Logging ---------------------------------------------------------------------------
+A3_LOG_FORMAT = env_str("A3_LOG_FORMAT", "json")
+if A3_LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured("A3_LOG_FORMAT must be json or text")
+A3_LOG_LEVEL = env_str("A3_LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "apps.core.logging.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "ts",
+        },
+        "text": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": A3_LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": A3_LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "uvicorn.access": {"level": "WARNING"},
+        "celery": {"level": "WARNING"},
+        "kombu": {"level": "WARNING"},
+    },
+}
+
+# --- Prometheus ------------------------------------------------------------------------
+PROMETHEUS_METRIC_NAMESPACE = ""
+PROMETHEUS_EXPORT_MIGRATIONS = False

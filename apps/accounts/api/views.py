@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework.mixins import ListModelMixin, RetrieveModelMixin
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+from rest_framework.viewsets import GenericViewSet
+
+from apps.accounts import selectors, services
+from apps.accounts.api.serializers import (
+    ApiTokenOutputSerializer,
+    AuthEventOutputSerializer,
+    TokenCreateInputSerializer,
+    TokenIssuedOutputSerializer,
+    TokenObtainInputSerializer,
+    UserCreateInputSerializer,
+    UserOutputSerializer,
+    UserUpdateInputSerializer,
+)
+from apps.accounts.models import ApiToken, AuthEvent, User
+from apps.core.api.errors import ErrorSerializer
+from apps.core.api.permissions import ReadOnlyOrSuperadmin
+
+
+def _issued(issued: services.IssuedToken) -> dict:
+    return {
+        "token": issued.secret,
+        "id": issued.token.pk,
+        "name": issued.token.name,
+        "expires_at": issued.token.expires_at,
+    }
+
+
+class TokenObtainView(APIView):
+    """Exchange email and password for a bearer token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth"
+
+    @extend_schema(
+        request=TokenObtainInputSerializer,
+        responses={201: TokenIssuedOutputSerializer, 400: ErrorSerializer, 401: ErrorSerializer},
+        auth=[],
+    )
+    def post(self, request: Request) -> Response:
+        data = TokenObtainInputSerializer.validated(request.data)
+        user = services.credentials_verify(
+            request=request, email=data["email"], password=data["password"], channel="api"
+        )
+        issued = services.api_token_create(
+            user=user,
+            name=data.get("name") or "API token",
+            expires_in_days=data.get("expires_in_days"),
+            client=services.ClientInfo.from_request(request),
+        )
+        return Response(_issued(issued), status=201)
+
+
+class MeView(APIView):
+    @extend_schema(responses={200: UserOutputSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(UserOutputSerializer(request.user).data)
+
+
+class ApiTokenViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
+    """The caller's own API tokens: list, create more, revoke (DELETE)."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = ApiTokenOutputSerializer
+
+    def get_queryset(self) -> QuerySet[ApiToken]:
+        return selectors.api_token_list(actor=self.request.user)
+
+    @extend_schema(request=TokenCreateInputSerializer, responses={201: TokenIssuedOutputSerializer})
+    def create(self, request: Request) -> Response:
+        data = TokenCreateInputSerializer.validated(request.data)
+        issued = services.api_token_create(
+            user=request.user,
+            name=data["name"],
+            expires_in_days=data.get("expires_in_days"),
+            client=services.ClientInfo.from_request(request),
+        )
+        return Response(_issued(issued), status=201)
+
+    @extend_schema(responses={200: ApiTokenOutputSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        token = services.api_token_revoke(
+            actor=request.user,
+            token=self.get_object(),
+            client=services.ClientInfo.from_request(request),
+        )
+        return Response(ApiTokenOutputSerializer(token).data)
+
+
+class UserViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
+    """Users in the caller's scope. Superadmins create, change and delete them."""
+
+    permission_classes = [ReadOnlyOrSuperadmin]
+    serializer_class = UserOutputSerializer
+    filterset_fields = ["role", "is_active"]
+    ordering_fields = ["email", "date_joined"]
+    search_fields = ["email", "full_name"]
+
+    def get_queryset(self) -> QuerySet[User]:
+        return selectors.user_list(actor=self.request.user)
+
+    @extend_schema(
+        request=UserCreateInputSerializer, responses={201: UserOutputSerializer, 409: ErrorSerializer}
+    )
+    def create(self, request: Request) -> Response:
+        data = UserCreateInputSerializer.validated(request.data)
+        password = data.pop("password", None)
+        user = services.user_create(actor=request.user, password=password, **data)
+        return Response(UserOutputSerializer(user).data, status=201)
+
+    @extend_schema(request=UserUpdateInputSerializer, responses={200: UserOutputSerializer})
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        data = UserUpdateInputSerializer.validated(request.data)
+        user = services.user_update(actor=request.user, user=self.get_object(), **data)
+        return Response(UserOutputSerializer(user).data)
+
+    @extend_schema(responses={204: None, 409: ErrorSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        services.user_delete(actor=request.user, user=self.get_object())
+        return Response(status=204)
+
+
+class AuthEventViewSet(ListModelMixin, GenericViewSet):
+    """Sign-in record: superadmins see all, others their own."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = AuthEventOutputSerializer
+    filterset_fields = ["kind", "channel", "email"]
+
+    def get_queryset(self) -> QuerySet[AuthEvent]:
+        return selectors.auth_event_list(actor=self.request.user)

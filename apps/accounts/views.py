@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_POST
+
+from apps.accounts import selectors, services
+from apps.accounts.exceptions import AuthenticationFailed
+from apps.accounts.forms import LoginForm, TokenCreateForm, UserCreateForm, UserUpdateForm
+from apps.core.exceptions import ApplicationError
+from apps.core.forms import apply_application_error
+from apps.core.permissions import superadmin_required
+
+
+def _safe_next(request: HttpRequest) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return reverse("core:overview")
+
+
+@sensitive_post_parameters("password")
+@csrf_protect
+@never_cache
+def login_view(request: HttpRequest) -> HttpResponse:
+    """Password step. Further factors and SSO plug in between verify and complete."""
+    if request.user.is_authenticated:
+        return HttpResponseRedirect(_safe_next(request))
+    form = LoginForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.credentials_verify(
+                request=request,
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+            )
+        except AuthenticationFailed as exc:
+            form.add_error(None, exc.message)
+        else:
+            services.login_complete(request=request, user=user)
+            return HttpResponseRedirect(_safe_next(request))
+    status = 400 if request.method == "POST" else 200
+    return render(request, "accounts/login.html", {"form": form, "next": _safe_next(request)}, status=status)
+
+
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    services.logout_complete(request=request)
+    messages.info(request, "You have been signed out.")
+    return redirect("accounts:login")
+
+
+@login_required
+def tokens_view(request: HttpRequest) -> HttpResponse:
+    """The user's API tokens: list, create (secret shown once), revoke."""
+    form = TokenCreateForm(request.POST or None)
+    issued_secret = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            issued = services.api_token_create(
+                user=request.user,
+                name=form.cleaned_data["name"],
+                expires_in_days=form.cleaned_data["expires_in_days"],
+                client=services.ClientInfo.from_request(request),
+            )
+        except ApplicationError as exc:
+            apply_application_error(form, exc)
+        else:
+            issued_secret = issued.secret
+            form = TokenCreateForm()
+    tokens = selectors.api_token_list(actor=request.user)
+    return render(
+        request,
+        "accounts/tokens.html",
+        {"form": form, "tokens": tokens, "issued_secret": issued_secret},
+    )
+
+
+@login_required
+@require_POST
+def token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = selectors.api_token_get(actor=request.user, token_id=token_id)
+    services.api_token_revoke(
+        actor=request.user, token=token, client=services.ClientInfo.from_request(request)
+    )
+    messages.success(request, f"Token “{token.name}” revoked.")
+    if request.htmx:
+        return render(request, "accounts/partials/token_row.html", {"token": token})
+    return redirect("accounts:tokens")
+
+
+@superadmin_required
+def user_list_view(request: HttpRequest) -> HttpResponse:
+    users = selectors.user_list(actor=request.user)
+    query = request.GET.get("q", "").strip()
+    if query:
+        users = users.filter(email__icontains=query)
+    page = Paginator(users, 25).get_page(request.GET.get("page"))
+    template = (
+        "accounts/partials/user_table.html"
+        if request.htmx and not request.htmx.boosted
+        else "accounts/user_list.html"
+    )
+    return render(request, template, {"page": page, "q": query})
+
+
+@superadmin_required
+@sensitive_post_parameters("password")
+def user_create_view(request: HttpRequest) -> HttpResponse:
+    form = UserCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.user_create(actor=request.user, **form.cleaned_data)
+        except ApplicationError as exc:
+            apply_application_error(form, exc)
+        else:
+            messages.success(request, f"User {user.email} created.")
+            return redirect("accounts:user-list")
+    return render(request, "accounts/user_form.html", {"form": form, "creating": True})
+
+
+@superadmin_required
+@sensitive_post_parameters("password")
+def user_edit_view(request: HttpRequest, user_id: int) -> HttpResponse:
+    user = selectors.user_get(actor=request.user, user_id=user_id)
+    initial = {"full_name": user.full_name, "role": user.role, "is_active": user.is_active}
+    form = UserUpdateForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.user_update(actor=request.user, user=user, **form.cleaned_data)
+        except ApplicationError as exc:
+            apply_application_error(form, exc)
+        else:
+            messages.success(request, f"User {user.email} updated.")
+            return redirect("accounts:user-list")
+    return render(request, "accounts/user_form.html", {"form": form, "subject": user})
+
+
+@superadmin_required
+def user_delete_view(request: HttpRequest, user_id: int) -> HttpResponse:
+    user = selectors.user_get(actor=request.user, user_id=user_id)
+    if request.method == "POST":
+        try:
+            services.user_delete(actor=request.user, user=user)
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"User {user.email} deleted.")
+        return redirect("accounts:user-list")
+    return render(request, "accounts/user_confirm_delete.html", {"subject": user})
+
+
+@login_required
+def auth_events_view(request: HttpRequest) -> HttpResponse:
+    events = selectors.auth_event_list(actor=request.user)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    return render(request, "accounts/auth_events.html", {"page": page})

@@ -1,0 +1,67 @@
+"""Readiness checks: the database, the broker and the blob directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from apps.core.models import WorkerHeartbeat
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_database() -> CheckResult:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+        return CheckResult("database", False, f"{type(exc).__name__}: {exc}")
+    return CheckResult("database", True, connection.vendor)
+
+
+def check_broker() -> CheckResult:
+    from celery_workers import app
+
+    scheme = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # noqa: BLE001
+        return CheckResult("broker", False, f"{scheme}: {type(exc).__name__}: {exc}")
+    return CheckResult("broker", True, scheme)
+
+
+def check_blob_dir() -> CheckResult:
+    directory = settings.A3_BLOB_DIR
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ready-", delete=True) as handle:
+            handle.write(b"ok")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        return CheckResult("blob_store", False, f"{directory}: {exc.strerror or exc}")
+    return CheckResult("blob_store", True, str(directory))
+
+
+def worker_heartbeat_age() -> float | None:
+    """Seconds since any worker last ran its heartbeat; None if none has yet."""
+    latest = WorkerHeartbeat.objects.order_by("-last_seen").values_list("last_seen", flat=True).first()
+    if latest is None:
+        return None
+    return (timezone.now() - latest).total_seconds()
+
+
+def readiness() -> list[CheckResult]:
+    return [check_database(), check_broker(), check_blob_dir()]

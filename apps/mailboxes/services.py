@@ -1,0 +1,533 @@
+"""Domains, mailboxes and aliases: every write, with its validation, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from django.contrib.auth import password_validation
+from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from apps.accounts import services as account_services
+from apps.accounts.models import User
+from apps.alerts.services import emit
+from apps.core.addresses import Address, normalize_domain, parse_address
+from apps.core.exceptions import (
+    ApplicationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from apps.mailboxes.models import (
+    DEFAULT_FOLDERS,
+    Alias,
+    AliasDestination,
+    Domain,
+    Folder,
+    Mailbox,
+)
+
+MAX_ALIAS_DEPTH = 16
+MAX_ALIAS_DESTINATIONS = 500
+
+
+class ForwardingUnavailable(ApplicationError):
+    code = "forwarding_unavailable"
+
+
+class AliasLoop(ApplicationError):
+    code = "alias_loop"
+
+
+# --- Access ----------------------------------------------------------------------------
+
+
+def _require_manage(actor: User, domain: Domain) -> None:
+    """Raise unless the actor may change this domain's mailboxes and aliases.
+
+    Out-of-scope domains answer like missing ones, so nobody learns they exist."""
+    if Domain.objects.manageable_by(actor).filter(pk=domain.pk).exists():
+        return
+    if Domain.objects.visible_to(actor).filter(pk=domain.pk).exists():
+        raise PermissionDeniedError("You may not change this domain.")
+    raise NotFoundError(f"No domain {domain.name_unicode}.")
+
+
+def _require_superadmin(actor: User, what: str) -> None:
+    if not actor.is_superadmin:
+        raise PermissionDeniedError(f"Only a superadmin can {what}.")
+
+
+def _local_domain_for(address: Address, *, actor: User, field_name: str) -> Domain:
+    domain = Domain.objects.filter(name=address.domain).first()
+    if domain is None or not Domain.objects.visible_to(actor).filter(pk=domain.pk).exists():
+        message = f"{address.domain} is not a domain hosted here."
+        raise NotFoundError(message, code="unknown_domain", fields={field_name: [message]})
+    _require_manage(actor, domain)
+    return domain
+
+
+def _address_taken(address: str, *, exclude_alias: Alias | None = None) -> str | None:
+    if Mailbox.objects.filter(address=address).exists():
+        return "mailbox"
+    aliases = Alias.objects.filter(address=address)
+    if exclude_alias is not None:
+        aliases = aliases.exclude(pk=exclude_alias.pk)
+    if aliases.exists():
+        return "alias"
+    return None
+
+
+def _check_quota(value: int | None, *, field_name: str = "quota_bytes") -> None:
+    if value is not None and value < 0:
+        raise ApplicationError(
+            "Quota cannot be negative.", fields={field_name: ["Must be 0 (no limit) or more."]}
+        )
+
+
+def _validate_mail_password(password: str, *, field_name: str = "password") -> None:
+    try:
+        password_validation.validate_password(password)
+    except ValidationError as exc:
+        raise ApplicationError(
+            "The password is too weak.", code="weak_password", fields={field_name: exc.messages}
+        ) from None
+
+
+# --- Domains ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def domain_create(
+    *,
+    actor: User,
+    name: str,
+    description: str = "",
+    is_active: bool = True,
+    max_mailboxes: int = 0,
+    max_aliases: int = 0,
+    default_quota_bytes: int | None = None,
+    admins: Iterable[str] = (),
+) -> Domain:
+    """Create a hosted domain (superadmins only). The name is stored IDNA-encoded."""
+    _require_superadmin(actor, "add domains")
+    ascii_name = normalize_domain(name, field="name")
+    if Domain.objects.filter(name=ascii_name).exists():
+        raise ConflictError(
+            f"The domain {name} already exists.",
+            code="duplicate",
+            fields={"name": ["This domain already exists."]},
+        )
+    _check_quota(default_quota_bytes, field_name="default_quota_bytes")
+    domain = Domain(
+        name=ascii_name,
+        description=description,
+        is_active=is_active,
+        max_mailboxes=max_mailboxes,
+        max_aliases=max_aliases,
+    )
+    if default_quota_bytes is not None:
+        domain.default_quota_bytes = default_quota_bytes
+    domain.save()
+    if admins:
+        domain_set_admins(actor=actor, domain=domain, admin_emails=admins)
+    return domain
+
+
+@transaction.atomic
+def domain_update(
+    *,
+    actor: User,
+    domain: Domain,
+    description: str | None = None,
+    is_active: bool | None = None,
+    max_mailboxes: int | None = None,
+    max_aliases: int | None = None,
+    default_quota_bytes: int | None = None,
+    admins: Iterable[str] | None = None,
+) -> Domain:
+    """Change a domain's settings (superadmins). Disabling a domain raises an alert."""
+    _require_superadmin(actor, "change domains")
+    _check_quota(default_quota_bytes, field_name="default_quota_bytes")
+    was_active = domain.is_active
+    for name, value in (
+        ("description", description),
+        ("is_active", is_active),
+        ("max_mailboxes", max_mailboxes),
+        ("max_aliases", max_aliases),
+        ("default_quota_bytes", default_quota_bytes),
+    ):
+        if value is not None:
+            setattr(domain, name, value)
+    domain.save()
+    if admins is not None:
+        domain_set_admins(actor=actor, domain=domain, admin_emails=admins)
+    if was_active and not domain.is_active:
+        emit(
+            "mailboxes.domain_disabled",
+            "warning",
+            f"Domain {domain.name_unicode} was disabled by {actor.email}.",
+            domain_id=domain.pk,
+            domain=domain.name,
+            actor=actor.email,
+        )
+    return domain
+
+
+@transaction.atomic
+def domain_set_admins(*, actor: User, domain: Domain, admin_emails: Iterable[str]) -> Domain:
+    """Assign the domain admins of a domain. Each must be an existing domain-admin user."""
+    _require_superadmin(actor, "assign domain admins")
+    wanted: list[User] = []
+    errors: list[str] = []
+    for email in admin_emails:
+        user = User.objects.filter(email=email.strip().lower()).first()
+        if user is None:
+            errors.append(f"No user {email}.")
+        elif user.role != User.Role.DOMAIN_ADMIN:
+            errors.append(f"{email} is not a domain admin.")
+        else:
+            wanted.append(user)
+    if errors:
+        raise ApplicationError("Some domain admins are invalid.", fields={"admins": errors})
+    domain.admins.set(wanted)
+    return domain
+
+
+@dataclass
+class DeletionReport:
+    """What a delete removed, so the caller can tell the administrator."""
+
+    mailboxes: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    destinations_removed: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+
+
+@transaction.atomic
+def domain_delete(*, actor: User, domain: Domain) -> DeletionReport:
+    """Delete a domain with its mailboxes and aliases, and remove its addresses from
+    aliases elsewhere so that no destination is left dangling."""
+    _require_superadmin(actor, "delete domains")
+    report = DeletionReport()
+    for alias in list(domain.aliases.all()):
+        _alias_delete_cascade(alias, report)
+    for mailbox in list(domain.mailboxes.select_related("owner")):
+        _mailbox_delete_cascade(mailbox, report)
+    domain.delete()
+    return report
+
+
+# --- Mailboxes -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def mailbox_create(
+    *,
+    actor: User,
+    address: str,
+    password: str,
+    quota_bytes: int | None = None,
+    display_name: str = "",
+    owner_email: str | None = None,
+    is_active: bool = True,
+) -> Mailbox:
+    """Create a mailbox with its standard folders.
+
+    The owner is the user with `owner_email`, or else a mailbox user whose login is the
+    mailbox address (created with the same password if new). Enforces the domain's limit
+    and address uniqueness across mailboxes and aliases.
+    """
+    parsed = parse_address(address)
+    domain = _local_domain_for(parsed, actor=actor, field_name="address")
+    # Lock the domain row so concurrent creates cannot both slip under the limit.
+    domain = Domain.objects.select_for_update().get(pk=domain.pk)
+    if domain.max_mailboxes and domain.mailboxes.count() >= domain.max_mailboxes:
+        raise ConflictError(
+            f"{domain.name_unicode} already has its maximum of {domain.max_mailboxes} mailboxes.",
+            code="domain_limit_reached",
+        )
+    taken = _address_taken(parsed.value)
+    if taken:
+        raise ConflictError(
+            f"{parsed.display} is already used by an {taken}.",
+            code="duplicate",
+            fields={"address": [f"Already used by an {taken}."]},
+        )
+    _check_quota(quota_bytes)
+    _validate_mail_password(password)
+
+    if owner_email:
+        owner = User.objects.filter(email=owner_email.strip().lower()).first()
+        if owner is None:
+            raise ApplicationError(
+                f"No user {owner_email}.", code="unknown_owner", fields={"owner": ["No such user."]}
+            )
+    else:
+        owner = User.objects.filter(email=parsed.value).first() or account_services.user_create(
+            actor=actor, email=parsed.value, password=password, role=User.Role.USER
+        )
+
+    mailbox = Mailbox.objects.create(
+        domain=domain,
+        local_part=parsed.local_part,
+        address=parsed.value,
+        owner=owner,
+        display_name=display_name,
+        password=make_password(password),
+        quota_bytes=domain.default_quota_bytes if quota_bytes is None else quota_bytes,
+        is_active=is_active,
+    )
+    Folder.objects.bulk_create(
+        Folder(mailbox=mailbox, name=name, special_use=special_use) for name, special_use in DEFAULT_FOLDERS
+    )
+    return mailbox
+
+
+@transaction.atomic
+def mailbox_update(
+    *,
+    actor: User,
+    mailbox: Mailbox,
+    password: str | None = None,
+    quota_bytes: int | None = None,
+    display_name: str | None = None,
+    is_active: bool | None = None,
+) -> Mailbox:
+    """Change a mailbox. Owners may change their own password and display name; quota and
+    state need a domain admin. Disabling emits an alert."""
+    is_owner = mailbox.owner_id == actor.pk
+    admin_change = quota_bytes is not None or is_active is not None
+    if admin_change or not is_owner:
+        _require_manage(actor, mailbox.domain)
+    _check_quota(quota_bytes)
+    was_active = mailbox.is_active
+    if password:
+        _validate_mail_password(password)
+        mailbox.password = make_password(password)
+    if quota_bytes is not None:
+        mailbox.quota_bytes = quota_bytes
+    if display_name is not None:
+        mailbox.display_name = display_name
+    if is_active is not None:
+        mailbox.is_active = is_active
+    mailbox.save()
+    if was_active and not mailbox.is_active:
+        emit(
+            "mailboxes.mailbox_disabled",
+            "warning",
+            f"Mailbox {mailbox.address_display} was disabled by {actor.email}.",
+            domain_id=mailbox.domain_id,
+            mailbox_id=mailbox.pk,
+            address=mailbox.address,
+            actor=actor.email,
+        )
+    return mailbox
+
+
+def mailbox_disable(*, actor: User, mailbox: Mailbox) -> Mailbox:
+    """Stop accepting and serving mail for a mailbox, keeping its content."""
+    return mailbox_update(actor=actor, mailbox=mailbox, is_active=False)
+
+
+def mailbox_enable(*, actor: User, mailbox: Mailbox) -> Mailbox:
+    return mailbox_update(actor=actor, mailbox=mailbox, is_active=True)
+
+
+@transaction.atomic
+def mailbox_delete(*, actor: User, mailbox: Mailbox) -> DeletionReport:
+    """Delete a mailbox and its folders. Aliases lose it as a destination; aliases left
+    with none are deleted. Its owner goes too when that is a mailbox user with nothing
+    else."""
+    _require_manage(actor, mailbox.domain)
+    report = DeletionReport()
+    _mailbox_delete_cascade(mailbox, report)
+    return report
+
+
+def mailbox_references(*, mailbox: Mailbox) -> list[str]:
+    """Aliases that deliver to this mailbox (shown before deleting it)."""
+    return list(
+        Alias.objects.filter(destinations__address=mailbox.address)
+        .values_list("address", flat=True)
+        .distinct()
+    )
+
+
+def _mailbox_delete_cascade(mailbox: Mailbox, report: DeletionReport) -> None:
+    _destinations_remove(mailbox.address, report)
+    owner = mailbox.owner
+    report.mailboxes.append(mailbox.address)
+    mailbox.delete()
+    if owner.role == User.Role.USER and not owner.mailboxes.exists():
+        report.users.append(owner.email)
+        owner.delete()
+
+
+def _destinations_remove(address: str, report: DeletionReport) -> None:
+    """Drop `address` from every alias; delete aliases that end up with no destination."""
+    rows = AliasDestination.objects.filter(address=address).select_related("alias")
+    affected = {row.alias for row in rows}
+    report.destinations_removed.extend(f"{row.alias.address} -> {address}" for row in rows)
+    rows.delete()
+    for alias in affected:
+        if not alias.destinations.exists():
+            _alias_delete_cascade(alias, report)
+
+
+def _alias_delete_cascade(alias: Alias, report: DeletionReport) -> None:
+    if alias.pk is None or not Alias.objects.filter(pk=alias.pk).exists():
+        return  # already removed further up the cascade
+    report.aliases.append(alias.address)
+    address = alias.address
+    alias.delete()
+    _destinations_remove(address, report)
+
+
+# --- Aliases ---------------------------------------------------------------------------
+
+
+def _normalize_destinations(raw: Iterable[str], *, alias_address: str) -> list[str]:
+    """Parse destinations and check each one: local ones must exist, external ones need
+    the outbound relay, and none may be the alias itself."""
+    if isinstance(raw, str):
+        raw = [raw]
+    values: list[str] = []
+    errors: list[str] = []
+    for item in raw:
+        try:
+            parsed = parse_address(item, field="destinations")
+        except ApplicationError as exc:
+            errors.append(exc.message)
+            continue
+        if parsed.value in values:
+            continue
+        if parsed.value == alias_address:
+            errors.append(f"{parsed.display} is the alias itself.")
+            continue
+        if Domain.objects.filter(name=parsed.domain).exists():
+            if not (
+                Mailbox.objects.filter(address=parsed.value).exists()
+                or Alias.objects.filter(address=parsed.value).exists()
+            ):
+                errors.append(f"{parsed.display} does not exist here: create it first.")
+                continue
+        else:
+            raise ForwardingUnavailable(
+                f"{parsed.display} is an external address. Forwarding to external addresses "
+                "needs the outbound relay, which this installation does not provide yet.",
+                fields={"destinations": [f"{parsed.display}: external forwarding is not available yet."]},
+            )
+        values.append(parsed.value)
+    if errors:
+        raise ApplicationError("Some destinations are invalid.", fields={"destinations": errors})
+    if not values:
+        raise ApplicationError(
+            "An alias needs at least one destination.",
+            fields={"destinations": ["At least one destination is required."]},
+        )
+    if len(values) > MAX_ALIAS_DESTINATIONS:
+        raise ApplicationError(
+            f"An alias can have at most {MAX_ALIAS_DESTINATIONS} destinations.",
+            fields={"destinations": ["Too many destinations."]},
+        )
+    return values
+
+
+def _check_no_loop(alias_address: str, destinations: list[str]) -> None:
+    """Follow alias destinations breadth-first; reaching the alias again is a loop."""
+    frontier = list(destinations)
+    seen: set[str] = set()
+    depth = 0
+    while frontier:
+        depth += 1
+        if depth > MAX_ALIAS_DEPTH:
+            raise AliasLoop(
+                f"Aliases nest more than {MAX_ALIAS_DEPTH} levels deep from {alias_address}.",
+                fields={"destinations": ["Alias chain too deep."]},
+            )
+        if alias_address in frontier:
+            raise AliasLoop(
+                f"This would create an alias loop back to {alias_address}.",
+                fields={"destinations": ["Creates a loop."]},
+            )
+        seen.update(frontier)
+        frontier = [
+            address
+            for address in AliasDestination.objects.filter(alias__address__in=frontier).values_list(
+                "address", flat=True
+            )
+            if address not in seen or address == alias_address
+        ]
+
+
+@transaction.atomic
+def alias_create(
+    *,
+    actor: User,
+    address: str,
+    destinations: Iterable[str],
+    description: str = "",
+    is_active: bool = True,
+) -> Alias:
+    """Create an alias or, with `@domain`, the domain's catch-all."""
+    parsed = parse_address(address, allow_catch_all=True)
+    domain = _local_domain_for(parsed, actor=actor, field_name="address")
+    domain = Domain.objects.select_for_update().get(pk=domain.pk)
+    if domain.max_aliases and domain.aliases.count() >= domain.max_aliases:
+        raise ConflictError(
+            f"{domain.name_unicode} already has its maximum of {domain.max_aliases} aliases.",
+            code="domain_limit_reached",
+        )
+    taken = _address_taken(parsed.value)
+    if taken:
+        raise ConflictError(
+            f"{parsed.display} is already used by an {taken}.",
+            code="duplicate",
+            fields={"address": [f"Already used by an {taken}."]},
+        )
+    values = _normalize_destinations(destinations, alias_address=parsed.value)
+    _check_no_loop(parsed.value, values)
+    alias = Alias.objects.create(
+        domain=domain,
+        local_part=parsed.local_part,
+        address=parsed.value,
+        description=description,
+        is_active=is_active,
+    )
+    AliasDestination.objects.bulk_create(AliasDestination(alias=alias, address=v) for v in values)
+    return alias
+
+
+@transaction.atomic
+def alias_update(
+    *,
+    actor: User,
+    alias: Alias,
+    destinations: Iterable[str] | None = None,
+    description: str | None = None,
+    is_active: bool | None = None,
+) -> Alias:
+    _require_manage(actor, alias.domain)
+    if destinations is not None:
+        values = _normalize_destinations(destinations, alias_address=alias.address)
+        _check_no_loop(alias.address, values)
+        alias.destinations.all().delete()
+        AliasDestination.objects.bulk_create(AliasDestination(alias=alias, address=v) for v in values)
+    if description is not None:
+        alias.description = description
+    if is_active is not None:
+        alias.is_active = is_active
+    alias.save()
+    return alias
+
+
+@transaction.atomic
+def alias_delete(*, actor: User, alias: Alias) -> DeletionReport:
+    """Delete an alias and remove it from other aliases' destinations."""
+    _require_manage(actor, alias.domain)
+    report = DeletionReport()
+    _alias_delete_cascade(alias, report)
+    return report

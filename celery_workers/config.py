@@ -1,0 +1,37 @@
+"""Queues, routing and the beat schedule. Task code lives in each app's tasks.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery.schedules import crontab
+from kombu import Queue
+
+QUEUES = ("default", "mail", "scan", "backup")
+
+task_queues = [Queue(name) for name in QUEUES]
+task_default_queue = "default"
+
+# Route by workload, keyed on the explicit task names ("<app>.<service>").
+task_routes = {
+    "mailboxes.*": {"queue": "mail"},
+    "relay.*": {"queue": "mail"},
+    "threats.*": {"queue": "scan"},
+    "backups.*": {"queue": "backup"},
+}
+
+beat_schedule = {
+    "core.heartbeat": {
+        "task": "core.heartbeat",
+        "schedule": timedelta(seconds=30),
+        "options": {"expires": 25},
+    },
+    "alerts.prune": {
+        "task": "alerts.prune",
+        "schedule": crontab(minute=17, hour=3),
+    },
+    "accounts.purge_expired_tokens": {
+        "task": "accounts.purge_expired_tokens",
+        "schedule": crontab(minute=23, hour=3),
+    },
+}

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.accounts import services as account_services
+from tests.factories import (
+    DomainAdminFactory,
+    DomainFactory,
+    MailboxFactory,
+    SuperadminFactory,
+    UserFactory,
+)
+
+
+@pytest.fixture
+def superadmin(db):
+    return SuperadminFactory(email="root@admin.test")
+
+
+@pytest.fixture
+def domain_a(db):
+    return DomainFactory(name="alpha.test")
+
+
+@pytest.fixture
+def domain_b(db):
+    return DomainFactory(name="beta.test")
+
+
+@pytest.fixture
+def admin_a(domain_a):
+    """Domain admin of alpha.test only."""
+    admin = DomainAdminFactory(email="admin@alpha.test")
+    domain_a.admins.add(admin)
+    return admin
+
+
+@pytest.fixture
+def admin_b(domain_b):
+    admin = DomainAdminFactory(email="admin@beta.test")
+    domain_b.admins.add(admin)
+    return admin
+
+
+@pytest.fixture
+def mailbox_a(domain_a):
+    return MailboxFactory(domain=domain_a, local_part="alice", address="alice@alpha.test")
+
+
+@pytest.fixture
+def mailbox_b(domain_b):
+    return MailboxFactory(domain=domain_b, local_part="bob", address="bob@beta.test")
+
+
+@pytest.fixture
+def user_a(mailbox_a):
+    """The mailbox user who owns alice@alpha.test."""
+    return mailbox_a.owner
+
+
+@pytest.fixture
+def plain_user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def api_client_for():
+    """api_client_for(user) -> an APIClient authenticated with a real bearer token."""
+
+    def make(user=None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            issued = account_services.api_token_create(user=user, name="test")
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.secret}")
+        return client
+
+    return make
