@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint format frontend schema bench clean help
+.PHONY: run test lint format frontend schema clean help
 
 help:
 	@echo "make run      install into .venv, migrate, start every role (http://127.0.0.1:8000)"
@@ -36,7 +36,12 @@ lint: $(STAMP_DEV)
 
 test: $(STAMP_DEV) lint
 	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py check --deploy --fail-level ERROR
+	$(PY) manage.py spectacular --validate --fail-on-warn --file $(VENV)/openapi.yaml
+	@diff -q docs/openapi.yaml $(VENV)/openapi.yaml >/dev/null || \
+		{ echo "docs/openapi.yaml is out of date: run 'make schema' and commit it"; diff -u docs/openapi.yaml $(VENV)/openapi.yaml | head -40; exit 1; }
 	$(PY) -m pytest
+
 
 format: $(STAMP_DEV)
 	$(BIN)/ruff format .

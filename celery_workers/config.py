@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery.schedules import crontab
+from django.conf import settings
 from kombu import Queue
 
 QUEUES = ("default", "mail", "scan", "backup")
@@ -23,8 +24,8 @@ task_routes = {
 beat_schedule = {
     "core.heartbeat": {
         "task": "core.heartbeat",
-        "schedule": timedelta(seconds=30),
-        "options": {"expires": 25},
+        "schedule": timedelta(seconds=settings.A3_HEARTBEAT_SECONDS),
+        "options": {"expires": settings.A3_HEARTBEAT_SECONDS},
     },
     "alerts.prune": {
         "task": "alerts.prune",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -48,7 +49,7 @@ class ClientInfo:
         # rewrote it, and the ASGI server already applies proxy headers when configured.
         return cls(
             ip=request.META.get("REMOTE_ADDR") or None,
-            user_agent=request.META.get("HTTP_USER_AGENT", "")[:300],
+            user_agent=request.META.get("HTTP_USER_AGENT", "").replace("\x00", "")[:300],
         )
 
 
@@ -187,8 +188,9 @@ def superuser_ensure_initial() -> InitialSuperuser | None:
     """On first start, create the superadmin from DJANGO_SUPERUSER_EMAIL/PASSWORD, or
     admin@<A3_HOSTNAME> with a random password that the caller prints once. Does nothing
     when a superadmin exists."""
-    if User.objects.filter(role=User.Role.SUPERADMIN).exists():
+    if User.objects.filter(role=User.Role.SUPERADMIN, is_active=True).exists():
         return None
+
     email = settings.DJANGO_SUPERUSER_EMAIL or f"admin@{settings.A3_HOSTNAME}"
     password = settings.DJANGO_SUPERUSER_PASSWORD
     generated = None
@@ -198,9 +200,12 @@ def superuser_ensure_initial() -> InitialSuperuser | None:
     if existing is not None:
         existing.role = User.Role.SUPERADMIN
         existing.is_superuser = True
+        existing.is_active = True
         existing.set_password(password)
         existing.save()
         user = existing
+        _alert_admin_granted(user=user, actor=None)
+
     else:
         # The operator chose this password in the environment; don't second-guess it here.
         user = user_create(
@@ -247,7 +252,13 @@ def credentials_verify(
     and SSO run after it and end in `login_complete`.
     """
     client = ClientInfo.from_request(request)
-    typed = (email or "").strip().lower()[:254]
+    # NUL never belongs in a login name, and PostgreSQL refuses to store it.
+    typed = (email or "").replace("\x00", "").strip().lower()[:254]
+
+    # Look up the spelling user_create stored (IDNA A-label domain); a name that is not
+    # an address matches no user and fails like any other.
+    with contextlib.suppress(ApplicationError):
+        typed = _normalize_email(typed)
     user = authenticate(request, username=typed, password=password or "")
     if user is None or not user.is_active:
         LOGINS.labels(channel=channel, outcome="failed").inc()
@@ -259,7 +270,16 @@ def credentials_verify(
 def _login_failure_record(*, client: ClientInfo, email: str, channel: str) -> None:
     # Committed on its own: the caller's request fails, but the record of it must stay.
     with transaction.atomic():
-        auth_event_record(kind=AuthEvent.Kind.LOGIN_FAILED, client=client, email=email, channel=channel)
+        # Linked to the account when one matches, so its owner sees attempts on it; the
+        # response to the client is the same either way.
+        auth_event_record(
+            kind=AuthEvent.Kind.LOGIN_FAILED,
+            client=client,
+            user=User.objects.filter(email=email).first(),
+            email=email,
+            channel=channel,
+        )
+
         window_start = timezone.now() - timedelta(seconds=settings.A3_LOGIN_FAILURE_WINDOW_SECONDS)
         threshold = settings.A3_LOGIN_FAILURE_ALERT_THRESHOLD
         match = Q(email=email)
@@ -361,7 +381,7 @@ def api_token_create(
 
 def api_token_authenticate(secret: str) -> tuple[User, ApiToken] | None:
     """Resolve a bearer value to its user, or None when unknown, expired or revoked."""
-    parts = secret.split("_")
+    parts = secret.split("_", 2)  # the random part may itself contain "_"
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
         return None
     token = ApiToken.objects.usable().select_related("user").filter(prefix=parts[1]).first()

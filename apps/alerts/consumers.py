@@ -19,11 +19,15 @@ class AlertConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.groups_joined = []
         user = self.scope.get("user")
+        # Refusals accept first and then close with a code, so that clients can tell
+        # "sign in" (4401) from "not allowed" (4403); a bare refusal is an opaque HTTP 403.
         if user is None or not user.is_authenticated:
+            await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         groups = await database_sync_to_async(selectors.alert_groups_for)(actor=user)
         if not groups:
+            await self.accept()
             await self.close(code=CLOSE_FORBIDDEN)
             return
         for group in groups:

@@ -69,7 +69,8 @@ def alert_acknowledge(*, alert: Alert) -> Alert:
 
 def alerts_prune(*, older_than_days: int | None = None) -> int:
     """Delete alerts older than the retention period; returns how many went."""
-    days = older_than_days or settings.A3_ALERT_RETENTION_DAYS
+    days = settings.A3_ALERT_RETENTION_DAYS if older_than_days is None else older_than_days
+
     cutoff = timezone.now() - timezone.timedelta(days=days)
     deleted, _ = Alert.objects.filter(created_at__lt=cutoff).delete()
     return deleted

@@ -7,6 +7,7 @@ NFC and lower case: like every major mail server we treat local parts case-insen
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import idna
@@ -16,6 +17,7 @@ from email_validator.syntax import validate_email_local_part
 from apps.core.exceptions import ApplicationError
 
 MAX_ADDRESS_LENGTH = 254
+MAX_LOCAL_PART_LENGTH = 64  # octets, RFC 5321 §4.5.3.1.1
 
 
 class AddressError(ApplicationError):
@@ -32,10 +34,7 @@ def normalize_domain(name: str, *, field: str = "domain") -> str:
     except idna.IDNAError as exc:
         message = f"'{raw}' is not a valid domain name: {exc}."
         raise AddressError(message, fields={field: [message]}) from None
-    ascii_name = ascii_name.lower()
-    if len(ascii_name) > 253:
-        message = f"'{raw}' is longer than 253 characters."
-        raise AddressError(message, fields={field: [message]})
+    ascii_name = ascii_name.lower()  # idna already refuses names over 253 octets
     if ascii_name.replace(".", "").isdigit():
         message = f"'{raw}' is an IP address, not a domain name."
         raise AddressError(message, fields={field: [message]})
@@ -90,7 +89,11 @@ def parse_address(raw: str, *, field: str = "address", allow_catch_all: bool = F
     except EmailSyntaxError as exc:
         message = f"'{text}' is not a valid address: {exc}"
         raise AddressError(message, fields={field: [message]}) from None
-    address = Address(local_part=result["local_part"].lower(), domain=domain_ascii)
+    local_part = unicodedata.normalize("NFC", result["local_part"].lower())
+    if len(local_part.encode()) > MAX_LOCAL_PART_LENGTH:
+        message = f"'{text}' has a local part longer than {MAX_LOCAL_PART_LENGTH} bytes."
+        raise AddressError(message, fields={field: [message]})
+    address = Address(local_part=local_part, domain=domain_ascii)
     if len(address.value.encode()) > MAX_ADDRESS_LENGTH:
         message = f"'{text}' is longer than {MAX_ADDRESS_LENGTH} bytes."
         raise AddressError(message, fields={field: [message]})

@@ -173,7 +173,12 @@ class BeatRunner:
 
         from celery_workers import app
 
-        self._service = EmbeddedService(app, thread=True, max_interval=2)
+        # Celery's Service defaults to the file-based PersistentScheduler; use the
+        # configured (database) scheduler like `celery beat` does.
+        self._service = EmbeddedService(
+            app, thread=True, max_interval=2, scheduler_cls=app.conf.beat_scheduler
+        )
+
         self._service.start()
 
     async def stop(self) -> None:

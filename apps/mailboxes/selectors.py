@@ -2,20 +2,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from apps.accounts.models import User
 from apps.core.exceptions import NotFoundError
 from apps.mailboxes.models import Alias, AliasDestination, Domain, Mailbox
 
 
+def _count_in_domain(model: type[Mailbox] | type[Alias]) -> Coalesce:
+    # A correlated subquery, not Count() over a join: the visibility filter may itself join
+    # mailboxes, and a joined Count would then count only the rows that filter kept.
+    counted = (
+        model.objects.filter(domain=OuterRef("pk"))
+        .order_by()
+        .values("domain")
+        .annotate(total=Count("pk"))
+        .values("total")
+    )
+    return Coalesce(Subquery(counted), 0)
+
+
 def domain_list(*, actor: User) -> QuerySet[Domain]:
     return (
         Domain.objects.visible_to(actor)
-        .annotate(
-            mailbox_count=Count("mailboxes", distinct=True), alias_count=Count("aliases", distinct=True)
-        )
+        .annotate(mailbox_count=_count_in_domain(Mailbox), alias_count=_count_in_domain(Alias))
         .prefetch_related(Prefetch("admins", queryset=User.objects.only("id", "email")))
+        .order_by("name")
     )
 
 

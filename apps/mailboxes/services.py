@@ -71,12 +71,12 @@ def _local_domain_for(address: Address, *, actor: User, field_name: str) -> Doma
 
 def _address_taken(address: str, *, exclude_alias: Alias | None = None) -> str | None:
     if Mailbox.objects.filter(address=address).exists():
-        return "mailbox"
+        return "a mailbox"
     aliases = Alias.objects.filter(address=address)
     if exclude_alias is not None:
         aliases = aliases.exclude(pk=exclude_alias.pk)
     if aliases.exists():
-        return "alias"
+        return "an alias"
     return None
 
 
@@ -133,6 +133,14 @@ def domain_create(
     domain.save()
     if admins:
         domain_set_admins(actor=actor, domain=domain, admin_emails=admins)
+    emit(
+        "mailboxes.domain_created",
+        "info",
+        f"Domain {domain.name_unicode} was added by {actor.email}.",
+        domain_id=domain.pk,
+        domain=domain.name,
+        actor=actor.email,
+    )
     return domain
 
 
@@ -252,9 +260,9 @@ def mailbox_create(
     taken = _address_taken(parsed.value)
     if taken:
         raise ConflictError(
-            f"{parsed.display} is already used by an {taken}.",
+            f"{parsed.display} is already used by {taken}.",
             code="duplicate",
-            fields={"address": [f"Already used by an {taken}."]},
+            fields={"address": [f"Already used by {taken}."]},
         )
     _check_quota(quota_bytes)
     _validate_mail_password(password)
@@ -282,6 +290,15 @@ def mailbox_create(
     )
     Folder.objects.bulk_create(
         Folder(mailbox=mailbox, name=name, special_use=special_use) for name, special_use in DEFAULT_FOLDERS
+    )
+    emit(
+        "mailboxes.mailbox_created",
+        "info",
+        f"Mailbox {mailbox.address_display} was created by {actor.email}.",
+        domain_id=domain.pk,
+        mailbox_id=mailbox.pk,
+        address=mailbox.address,
+        actor=actor.email,
     )
     return mailbox
 
@@ -436,23 +453,22 @@ def _normalize_destinations(raw: Iterable[str], *, alias_address: str) -> list[s
     return values
 
 
-def _check_no_loop(alias_address: str, destinations: list[str]) -> None:
-    """Follow alias destinations breadth-first; reaching the alias again is a loop."""
+def _levels_below(alias_address: str, destinations: list[str]) -> int:
+    """Alias levels reachable from `destinations`, following alias-to-alias hops.
+
+    Raises AliasLoop when the walk comes back to `alias_address`."""
     frontier = list(destinations)
     seen: set[str] = set()
-    depth = 0
+    levels = 0
     while frontier:
-        depth += 1
-        if depth > MAX_ALIAS_DEPTH:
-            raise AliasLoop(
-                f"Aliases nest more than {MAX_ALIAS_DEPTH} levels deep from {alias_address}.",
-                fields={"destinations": ["Alias chain too deep."]},
-            )
         if alias_address in frontier:
             raise AliasLoop(
                 f"This would create an alias loop back to {alias_address}.",
                 fields={"destinations": ["Creates a loop."]},
             )
+        levels += 1
+        if levels > MAX_ALIAS_DEPTH:
+            break  # deep enough to refuse; no need to walk further
         seen.update(frontier)
         frontier = [
             address
@@ -461,6 +477,37 @@ def _check_no_loop(alias_address: str, destinations: list[str]) -> None:
             )
             if address not in seen or address == alias_address
         ]
+    return levels
+
+
+def _levels_above(alias_address: str) -> int:
+    """How many aliases deep `alias_address` already sits below other aliases."""
+    frontier = [alias_address]
+    seen: set[str] = set()
+    levels = 0
+    while frontier and levels <= MAX_ALIAS_DEPTH:
+        seen.update(frontier)
+        frontier = [
+            address
+            for address in AliasDestination.objects.filter(address__in=frontier).values_list(
+                "alias__address", flat=True
+            )
+            if address not in seen
+        ]
+        if frontier:
+            levels += 1
+    return levels
+
+
+def _check_no_loop(alias_address: str, destinations: list[str]) -> None:
+    """Refuse destinations that lead back to the alias, or chains (counting the aliases
+    that already deliver to this one) deeper than MAX_ALIAS_DEPTH."""
+    depth = _levels_above(alias_address) + _levels_below(alias_address, destinations)
+    if depth > MAX_ALIAS_DEPTH:
+        raise AliasLoop(
+            f"Aliases would nest more than {MAX_ALIAS_DEPTH} levels deep through {alias_address}.",
+            fields={"destinations": ["Alias chain too deep."]},
+        )
 
 
 @transaction.atomic
@@ -484,9 +531,9 @@ def alias_create(
     taken = _address_taken(parsed.value)
     if taken:
         raise ConflictError(
-            f"{parsed.display} is already used by an {taken}.",
+            f"{parsed.display} is already used by {taken}.",
             code="duplicate",
-            fields={"address": [f"Already used by an {taken}."]},
+            fields={"address": [f"Already used by {taken}."]},
         )
     values = _normalize_destinations(destinations, alias_address=parsed.value)
     _check_no_loop(parsed.value, values)

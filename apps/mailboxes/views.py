@@ -49,7 +49,8 @@ def _list_page(
         condition = Q()
         for field_name in search:
             condition |= Q(**{f"{field_name}__icontains": query})
-        queryset = queryset.filter(condition)
+        # distinct(): a multi-valued search field (alias destinations) would repeat rows.
+        queryset = queryset.filter(condition).distinct()
     page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"page": page, "q": query, **(extra or {})}
     return render(request, partial if _is_partial(request) else template, context)
