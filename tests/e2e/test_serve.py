@@ -89,7 +89,7 @@ def test_serve_first_start_prints_generated_password_once_and_stops_cleanly(tmp_
     with installation(tmp_path) as server:
         del server.env["DJANGO_SUPERUSER_EMAIL"], server.env["DJANGO_SUPERUSER_PASSWORD"]
         server.env["A3_HOSTNAME"] = "mx.e2e.test"
-        first = server.start("first", sys.executable, "manage.py", "serve", "--roles", "web")
+        first = server.start("first", sys.executable, "manage.py", "serve")  # every role
         server.wait_ready()
         printed = re.search(r"email:\s+(\S+)\s+password:\s+(\S+)", first.log())
         assert printed, first.log()
@@ -100,6 +100,7 @@ def test_serve_first_start_prints_generated_password_once_and_stops_cleanly(tmp_
         codes = server.stop()
         assert codes == {"first": 0}, server.logs()
         assert "Stopped." in first.log()
+        assert re.findall(r"(\w+)\s+stopped in", first.log()) == ["beat", "worker", "web"]
 
         server.procs.clear()
         second = server.start("second", sys.executable, "manage.py", "serve", "--roles", "web")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 
 from django.conf import settings
 from django.core.management import call_command
@@ -71,8 +72,12 @@ class Command(BaseCommand):
             self.stdout.write("Shutting down…")
         finally:
             for name, runner in reversed(started):
+                began = time.monotonic()
                 try:
                     await runner.stop()
                 except Exception:  # noqa: BLE001 - keep stopping the other roles
                     self.stderr.write(f"error while stopping {name}")
+                else:
+                    self.stdout.write(f"  {name:<11} stopped in {time.monotonic() - began:.1f}s")
+
             self.stdout.write("Stopped.")
