@@ -34,7 +34,20 @@ A3_HTTP_LISTEN = parse_listen("A3_HTTP_LISTEN", "127.0.0.1:8000")
 A3_SMTP_LISTEN = parse_listen("A3_SMTP_LISTEN", "127.0.0.1:2525")
 A3_SUBMISSION_LISTEN = parse_listen("A3_SUBMISSION_LISTEN", "127.0.0.1:2587")
 A3_MAX_MESSAGE_SIZE = env_int("A3_MAX_MESSAGE_SIZE", 26_214_400, minimum=1024)
+A3_BLOB_STORE = env_str("A3_BLOB_STORE", "apps.mailboxes.blobstore.LocalBlobStore")
+# SMTP listener policy (RFC 5321 limits; see docs/smtp.md).
+A3_SMTP_MAX_RECIPIENTS = env_int("A3_SMTP_MAX_RECIPIENTS", 100, minimum=1)
+A3_SMTP_TIMEOUT_SECONDS = env_int("A3_SMTP_TIMEOUT_SECONDS", 300, minimum=5)
+A3_SMTP_MAX_CONNECTIONS_PER_IP = env_int("A3_SMTP_MAX_CONNECTIONS_PER_IP", 20, minimum=1)
+A3_SMTP_MAX_ERRORS = env_int("A3_SMTP_MAX_ERRORS", 10, minimum=1)
+# Seconds a received message may wait for delivery before the sweep re-enqueues it.
+A3_DELIVERY_SWEEP_AFTER_SECONDS = env_int("A3_DELIVERY_SWEEP_AFTER_SECONDS", 60, minimum=1)
+# Delivery pipeline: each stage gets a DeliveryContext (apps/mailboxes/services/messages.py).
+# The threat scanner adds its stage here.
+A3_DELIVERY_STAGES = ["apps.mailboxes.services.messages.expand_recipients"]
+
 A3_TLS_CERT = env_str("A3_TLS_CERT")
+
 A3_TLS_KEY = env_str("A3_TLS_KEY")
 if bool(A3_TLS_CERT) != bool(A3_TLS_KEY):
     raise ImproperlyConfigured("A3_TLS_CERT and A3_TLS_KEY must be set together")
@@ -67,7 +80,9 @@ INSTALLED_APPS = [
     "apps.alerts",
     "apps.accounts",
     "apps.mailboxes",
+    "apps.relay",
 ]
+
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -336,6 +351,7 @@ LOGGING = {
         "uvicorn.access": {"level": "WARNING"},
         "celery": {"level": "WARNING"},
         "kombu": {"level": "WARNING"},
+        "mail.log": {"level": "WARNING"},  # aiosmtpd logs every command at INFO
     },
 }
 

@@ -27,6 +27,15 @@ beat_schedule = {
         "schedule": timedelta(seconds=settings.A3_HEARTBEAT_SECONDS),
         "options": {"expires": settings.A3_HEARTBEAT_SECONDS},
     },
+    "mailboxes.requeue_stalled": {
+        "task": "mailboxes.requeue_stalled",
+        "schedule": timedelta(seconds=max(5, settings.A3_DELIVERY_SWEEP_AFTER_SECONDS // 2)),
+        "options": {"expires": 30},
+    },
+    "mailboxes.sweep_orphan_blobs": {
+        "task": "mailboxes.sweep_orphan_blobs",
+        "schedule": crontab(minute=41),
+    },
     "alerts.prune": {
         "task": "alerts.prune",
         "schedule": crontab(minute=17, hour=3),

@@ -5,6 +5,7 @@ import random
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from apps.core.addresses import domain_to_unicode
 from apps.core.models import TimeStampedModel
@@ -160,3 +161,102 @@ DEFAULT_FOLDERS = [
     ("Junk", Folder.SpecialUse.JUNK),
     ("Trash", Folder.SpecialUse.TRASH),
 ]
+
+
+class Message(models.Model):
+    """One received message: its raw bytes live in the blob store under `blob_sha256`.
+
+    The row is the message's state machine (received → delivering → delivered), committed
+    in the same transaction as its recipients before the SMTP 250, so nothing acknowledged
+    can be lost; metadata is filled in, best effort, when it is delivered.
+    """
+
+    class State(models.TextChoices):
+        RECEIVED = "received", "Received"
+        DELIVERING = "delivering", "Delivering"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    queue_id = models.CharField(max_length=24, unique=True)
+    blob_sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.PositiveBigIntegerField()
+    state = models.CharField(max_length=12, choices=State.choices, default=State.RECEIVED)
+    mail_from = models.CharField(max_length=998, blank=True)  # "" is the null reverse-path
+    helo = models.CharField(max_length=255, blank=True)
+    peer_ip = models.GenericIPAddressField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivery_started_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivery_attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    # Indexed metadata, best effort (malformed mail keeps what could be read).
+    parsed = models.BooleanField(default=False)
+    message_id_header = models.CharField(max_length=998, blank=True, db_index=True)
+    subject = models.TextField(blank=True)
+    from_header = models.TextField(blank=True)
+    to_header = models.TextField(blank=True)
+    cc_header = models.TextField(blank=True)
+    date_header = models.DateTimeField(null=True, blank=True)
+    has_attachments = models.BooleanField(default=False)
+    parse_problems = models.TextField(blank=True)
+    body_text = models.TextField(blank=True)  # plain text for search, truncated
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "received_at"], name="message_state_received")]
+
+    def __str__(self) -> str:
+        return self.queue_id
+
+
+class MessageRecipient(models.Model):
+    """An envelope recipient of a message, as accepted at RCPT."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="recipients")
+    address = models.CharField(max_length=254)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "address"], name="recipient_unique_address")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message.queue_id} → {self.address}"
+
+
+class MailItem(models.Model):
+    """A message filed in a mailbox folder, with its IMAP UID and flags."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="items")
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="items")
+    message = models.ForeignKey(Message, on_delete=models.PROTECT, related_name="items")
+    uid = models.PositiveIntegerField()
+    size = models.PositiveBigIntegerField()
+    internal_date = models.DateTimeField(default=timezone.now)
+    seen = models.BooleanField(default=False)
+    flagged = models.BooleanField(default=False)
+    answered = models.BooleanField(default=False)
+    deleted = models.BooleanField(default=False)  # IMAP \Deleted: gone at expunge
+
+    class Meta:
+        ordering = ["-internal_date", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["folder", "uid"], name="mailitem_unique_uid"),
+            # One copy per mailbox: delivery is idempotent and two aliases to one mailbox
+            # do not duplicate a message.
+            models.UniqueConstraint(fields=["mailbox", "message"], name="mailitem_unique_message"),
+        ]
+        indexes = [
+            models.Index(fields=["folder", "-internal_date"], name="mailitem_folder_date"),
+            models.Index(fields=["folder", "seen"], name="mailitem_folder_seen"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.folder} #{self.uid}"

@@ -1,4 +1,4 @@
-"""Domains, mailboxes and aliases: every write, with its validation, in one place."""
+"""The mail directory: domains, mailboxes and aliases, with their validation."""
 
 from __future__ import annotations
 

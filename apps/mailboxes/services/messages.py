@@ -1,0 +1,384 @@
+"""The message store: accepting mail durably, delivering it into folders, and the sweeps
+that make a crash or a lost task delay mail but never lose it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from apps.core.addresses import AddressError, parse_address
+from apps.mailboxes.blobstore import BlobNotFound, blob_store
+from apps.mailboxes.models import (
+    Alias,
+    AliasDestination,
+    Domain,
+    Folder,
+    Mailbox,
+    MailItem,
+    Message,
+    MessageRecipient,
+)
+from apps.mailboxes.parsing import ParsedMessage, parse_message, search_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DeliveryContext",
+    "IncomingMessage",
+    "RecipientStatus",
+    "RecipientVerdict",
+    "blobs_sweep_orphans",
+    "message_deliver",
+    "messages_accept",
+    "messages_requeue_stalled",
+    "new_queue_id",
+    "recipient_check",
+]
+
+MAX_EXPANSION_DEPTH = 16
+
+
+# --- Recipient policy (RCPT) -----------------------------------------------------------
+
+
+class RecipientStatus(Enum):
+    LOCAL = "local"  # deliverable here
+    NOT_LOCAL = "not_local"  # another domain: relaying needs authentication
+    UNKNOWN = "unknown"  # a local domain without such an address
+    DISABLED = "disabled"  # mailbox or domain switched off
+    OVER_QUOTA = "over_quota"  # full now; may fit later
+    NEVER_FITS = "never_fits"  # larger than the whole quota
+    BAD_SYNTAX = "bad_syntax"
+
+
+@dataclass(frozen=True)
+class RecipientVerdict:
+    status: RecipientStatus
+    address: str  # normalised when the syntax was valid, else as given
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is RecipientStatus.LOCAL
+
+
+def recipient_check(*, address: str, size: int | None = None) -> RecipientVerdict:
+    """Decide whether mail for `address` (of `size` bytes, when announced) is accepted.
+
+    Three indexed lookups at most (domain, mailbox, alias or catch-all): fast at any
+    number of mailboxes.
+    """
+    try:
+        parsed = parse_address(address)
+    except AddressError:
+        return RecipientVerdict(RecipientStatus.BAD_SYNTAX, address)
+    domain = Domain.objects.filter(name=parsed.domain).only("id", "is_active").first()
+    if domain is None:
+        return RecipientVerdict(RecipientStatus.NOT_LOCAL, parsed.value)
+    if not domain.is_active:
+        return RecipientVerdict(RecipientStatus.DISABLED, parsed.value)
+    mailbox = (
+        Mailbox.objects.filter(address=parsed.value)
+        .only("id", "is_active", "quota_bytes", "used_bytes")
+        .first()
+    )
+    if mailbox is not None:
+        if not mailbox.is_active:
+            return RecipientVerdict(RecipientStatus.DISABLED, parsed.value)
+        if mailbox.quota_bytes:
+            if size and size > mailbox.quota_bytes:
+                return RecipientVerdict(RecipientStatus.NEVER_FITS, parsed.value)
+            if mailbox.used_bytes + (size or 0) > mailbox.quota_bytes:
+                return RecipientVerdict(RecipientStatus.OVER_QUOTA, parsed.value)
+        return RecipientVerdict(RecipientStatus.LOCAL, parsed.value)
+    alias_active = (
+        Alias.objects.filter(Q(address=parsed.value) | Q(address=f"@{parsed.domain}"))
+        .order_by("-local_part")  # the exact alias before the catch-all
+        .values_list("is_active", flat=True)
+        .first()
+    )
+    if alias_active:
+        return RecipientVerdict(RecipientStatus.LOCAL, parsed.value)
+    if alias_active is False:
+        return RecipientVerdict(RecipientStatus.DISABLED, parsed.value)
+    return RecipientVerdict(RecipientStatus.UNKNOWN, parsed.value)
+
+
+# --- Accepting -------------------------------------------------------------------------
+
+
+def new_queue_id() -> str:
+    """Short, unique and roughly time-ordered: what admins grep logs for."""
+    return f"{int(time.time() * 1000):011X}{secrets.token_hex(4).upper()}"
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    queue_id: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    raw: bytes  # as stored: trace headers included
+    peer_ip: str | None = None
+    helo: str = ""
+
+
+def messages_accept(*, incoming: list[IncomingMessage]) -> list[Message]:
+    """Make a batch of received messages durable, then queue their delivery.
+
+    Blobs are fsynced first, then every Message and recipient row is committed in one
+    transaction; only after this returns may the caller acknowledge (SMTP 250). Batching
+    many sessions' messages into one commit is what keeps durable acknowledgement fast.
+    A crash between the two steps leaves only orphan blobs, which `blobs_sweep_orphans`
+    removes.
+    """
+    from apps.mailboxes.tasks import message_deliver_task
+
+    if not incoming:
+        return []
+    hashes = blob_store().put_many(item.raw for item in incoming)
+    with transaction.atomic():
+        messages = Message.objects.bulk_create(
+            Message(
+                queue_id=item.queue_id,
+                blob_sha256=sha256,
+                size=len(item.raw),
+                mail_from=item.mail_from[:998],
+                helo=item.helo[:255],
+                peer_ip=item.peer_ip,
+            )
+            for item, sha256 in zip(incoming, hashes, strict=True)
+        )
+        MessageRecipient.objects.bulk_create(
+            MessageRecipient(message=message, address=address)
+            for message, item in zip(messages, incoming, strict=True)
+            for address in dict.fromkeys(item.recipients)
+        )
+        for message in messages:
+            message_deliver_task.delay_on_commit(message_id=message.pk)
+    return messages
+
+
+# --- Delivering ------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryContext:
+    """What delivery stages see and may change.
+
+    `targets` maps each destination mailbox id to the special-use folder it is filed in
+    ("inbox" unless a stage says otherwise, e.g. "junk"); a stage may also drop a target
+    or set `held` to keep the message out of every mailbox (quarantine).
+    """
+
+    message: Message
+    raw: bytes
+    parsed: ParsedMessage
+    targets: dict[int, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # recipient → reason
+    held: str = ""
+
+
+DeliveryStage = Callable[[DeliveryContext], None]
+
+
+def _stages() -> list[DeliveryStage]:
+    return [import_string(path) for path in settings.A3_DELIVERY_STAGES]
+
+
+def _expand(address: str, *, depth: int = 0, seen: set[str] | None = None) -> tuple[set[int], str]:
+    """Mailbox ids that `address` delivers to (aliases and catch-all followed), and a
+    reason when it delivers nowhere."""
+    seen = set() if seen is None else seen
+    if address in seen or depth > MAX_EXPANSION_DEPTH:
+        return set(), "alias loop or chain too deep"
+    seen.add(address)
+    mailbox = Mailbox.objects.filter(address=address).values("id", "is_active").first()
+    if mailbox is not None:
+        return ({mailbox["id"]}, "") if mailbox["is_active"] else (set(), "mailbox disabled")
+    try:
+        domain = parse_address(address).domain
+    except AddressError:
+        return set(), "invalid address"
+    alias = (
+        Alias.objects.filter(address=address).first() or Alias.objects.filter(address=f"@{domain}").first()
+    )
+    if alias is None:
+        return set(), "no such mailbox"
+    if not alias.is_active:
+        return set(), "alias disabled"
+    found: set[int] = set()
+    reasons: list[str] = []
+    for destination in AliasDestination.objects.filter(alias=alias).values_list("address", flat=True):
+        ids, reason = _expand(destination, depth=depth + 1, seen=seen)
+        found |= ids
+        if reason:
+            reasons.append(f"{destination}: {reason}")
+    return found, "; ".join(reasons) if not found else ""
+
+
+def expand_recipients(context: DeliveryContext) -> None:
+    """Stage: resolve envelope recipients to mailboxes, filing into INBOX by default."""
+    for recipient in context.message.recipients.filter(state=MessageRecipient.State.PENDING):
+        mailbox_ids, reason = _expand(recipient.address)
+        if not mailbox_ids:
+            context.failures[recipient.address] = reason or "no such mailbox"
+        for mailbox_id in mailbox_ids:
+            context.targets.setdefault(mailbox_id, Folder.SpecialUse.INBOX)
+
+
+def _claim(message_id: int) -> bool:
+    """Take the message for delivery; False if another worker has it or it is done.
+
+    A claim older than the sweep interval is presumed dead (its worker crashed) and can
+    be taken over."""
+    stale = timezone.now() - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS * 5)
+    claimed = (
+        Message.objects.filter(pk=message_id)
+        .filter(
+            Q(state=Message.State.RECEIVED) | Q(state=Message.State.DELIVERING, delivery_started_at__lt=stale)
+        )
+        .update(
+            state=Message.State.DELIVERING,
+            delivery_started_at=timezone.now(),
+            delivery_attempts=F("delivery_attempts") + 1,
+        )
+    )
+    return claimed == 1
+
+
+def _file(*, message: Message, mailbox_id: int, special_use: str) -> bool:
+    """File one message into one mailbox folder; False if it was already there."""
+    if MailItem.objects.filter(mailbox_id=mailbox_id, message=message).exists():
+        return False  # a redelivered task: nothing to do
+    folder = (
+        Folder.objects.select_for_update().filter(mailbox_id=mailbox_id, special_use=special_use).first()
+    ) or Folder.objects.select_for_update().get(mailbox_id=mailbox_id, special_use=Folder.SpecialUse.INBOX)
+    uid = folder.uidnext
+    Folder.objects.filter(pk=folder.pk).update(uidnext=F("uidnext") + 1)
+    MailItem.objects.create(
+        mailbox_id=mailbox_id,
+        folder=folder,
+        message=message,
+        uid=uid,
+        size=message.size,
+        internal_date=message.received_at,
+    )
+    Mailbox.objects.filter(pk=mailbox_id).update(used_bytes=F("used_bytes") + message.size)
+    return True
+
+
+def _apply_metadata(message: Message, parsed: ParsedMessage) -> None:
+    message.parsed = True
+    message.message_id_header = parsed.message_id
+    message.subject = parsed.subject
+    message.from_header = parsed.from_header
+    message.to_header = parsed.to_header
+    message.cc_header = parsed.cc_header
+    message.date_header = parsed.date
+    message.has_attachments = parsed.has_attachments
+    message.parse_problems = "; ".join(parsed.problems)[:2000]
+    message.body_text = search_text(parsed)
+
+
+def message_deliver(*, message_id: int) -> bool:
+    """Parse, run the delivery stages and file a received message into its recipients'
+    folders. Safe to run twice (a claim plus one copy per mailbox); returns whether this
+    call did the delivery. A missing message is logged, not an error."""
+    if not _claim(message_id):
+        return False
+    message = Message.objects.filter(pk=message_id).first()
+    if message is None:
+        logger.warning("message %s vanished before delivery", message_id)
+        return False
+    try:
+        raw = blob_store().read(message.blob_sha256)
+    except BlobNotFound:
+        Message.objects.filter(pk=message.pk).update(
+            state=Message.State.FAILED, last_error="stored content is missing"
+        )
+        logger.error("blob %s of message %s is missing", message.blob_sha256, message.queue_id)
+        return False
+    context = DeliveryContext(message=message, raw=raw, parsed=parse_message(raw))
+    for stage in _stages():
+        stage(context)
+
+    with transaction.atomic():
+        _apply_metadata(message, context.parsed)
+        if not context.held:
+            for mailbox_id, special_use in sorted(context.targets.items()):
+                _file(message=message, mailbox_id=mailbox_id, special_use=special_use)
+        for address, reason in context.failures.items():
+            MessageRecipient.objects.filter(message=message, address=address).update(
+                state=MessageRecipient.State.FAILED, detail=reason[:500]
+            )
+        MessageRecipient.objects.filter(message=message, state=MessageRecipient.State.PENDING).update(
+            state=MessageRecipient.State.DELIVERED
+        )
+        message.state = Message.State.DELIVERED
+        message.delivered_at = timezone.now()
+        message.last_error = "; ".join(f"{a}: {r}" for a, r in context.failures.items())[:2000]
+        message.save()
+    if context.failures:
+        logger.warning("message %s not delivered to %d recipient(s)", message.queue_id, len(context.failures))
+    return True
+
+
+# --- Sweeps ----------------------------------------------------------------------------
+
+
+def messages_requeue_stalled(*, limit: int = 1000) -> int:
+    """Re-enqueue messages received (or claimed) long ago but never delivered: their task
+    was lost with a crashed worker or an in-memory broker. Returns how many."""
+    from apps.mailboxes.tasks import message_deliver_task
+
+    now = timezone.now()
+    waited = now - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS)
+    stale_claim = now - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS * 5)
+    ids = list(
+        Message.objects.filter(
+            Q(state=Message.State.RECEIVED, received_at__lt=waited)
+            | Q(state=Message.State.DELIVERING, delivery_started_at__lt=stale_claim)
+        )
+        .order_by("received_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    for message_id in ids:
+        message_deliver_task.delay(message_id=message_id)
+    if ids:
+        logger.info("re-enqueued %d stalled message(s)", len(ids))
+    return len(ids)
+
+
+def blobs_sweep_orphans(*, grace_seconds: int = 3600) -> int:
+    """Delete blobs that no message references and that are older than the grace period
+    (a crash between writing the blob and committing its row leaves such orphans)."""
+    store = blob_store()
+    cutoff = timezone.now() - timedelta(seconds=grace_seconds)
+    removed = 0
+    batch: list[str] = []
+
+    def flush() -> int:
+        referenced = set(Message.objects.filter(blob_sha256__in=batch).values_list("blob_sha256", flat=True))
+        count = sum(1 for sha256 in batch if sha256 not in referenced and store.delete(sha256))
+        batch.clear()
+        return count
+
+    for sha256 in store.iter_hashes(older_than=cutoff):
+        batch.append(sha256)
+        if len(batch) >= 500:
+            removed += flush()
+    if batch:
+        removed += flush()
+    if removed:
+        logger.info("removed %d orphaned blob(s)", removed)
+    return removed

@@ -1,0 +1,301 @@
+"""The inbound SMTP listener (MX): protocol hardening on top of aiosmtpd, and the handler
+that turns envelopes into durable messages.
+
+The handler is an adapter: recipient policy and storage live in apps.mailboxes services;
+this module parses the protocol, maps outcomes to RFC 5321/3463 replies, and answers 250
+only after `messages_accept` has made the message durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import weakref
+from collections import Counter
+from email.utils import format_datetime
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from apps.mailboxes import services as mail_services
+from apps.mailboxes.services import IncomingMessage, RecipientStatus
+from apps.relay.batching import AcceptBatcher
+from apps.relay.metrics import SMTP_CONNECTIONS, SMTP_MESSAGES, SMTP_REPLIES
+
+logger = logging.getLogger(__name__)
+
+# RFC 5321 §2.3.8: lines end in CRLF only. A bare CR or LF is how SMTP smuggling
+# (CVE-2023-51766 and kin) hides a second message in one DATA section, so we refuse any
+# message that contains one rather than guess what the client meant.
+BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
+
+# Enhanced status codes (RFC 3463) for replies that aiosmtpd writes without one.
+_ENHANCED_DEFAULTS = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "235": "2.7.0",
+    "421": "4.3.0",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}\b")
+
+
+def with_enhanced_code(status: str) -> str:
+    code, sep, text = status[:3], status[3:4], status[4:]
+    if _HAS_ENHANCED.match(status) or code not in _ENHANCED_DEFAULTS or sep not in {" ", "-"}:
+        return status
+    return f"{code}{sep}{_ENHANCED_DEFAULTS[code]} {text}"
+
+
+async def run_db(func: Any, /, **kwargs: Any) -> Any:
+    """Run a synchronous service on a worker thread with fresh database connections."""
+
+    def call() -> Any:
+        close_old_connections()
+        try:
+            return func(**kwargs)
+        finally:
+            close_old_connections()
+
+    return await sync_to_async(call, thread_sensitive=False)()
+
+
+class HardenedSMTP(SMTP):
+    """aiosmtpd's SMTP with limits a public MX needs: connections per client address,
+    a cap on errors per session, and RFC 3463 enhanced codes on every reply."""
+
+    connections_per_ip: Counter[str] = Counter()
+    live: weakref.WeakSet[HardenedSMTP] = weakref.WeakSet()
+
+    def __init__(self, handler: Any, *, max_per_ip: int, max_errors: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_per_ip = max_per_ip
+        self.max_errors = max_errors
+        self.error_count = 0
+        self._counted_ip: str | None = None
+        self._in_ehlo = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._counted_ip is None and self.transport is None:
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if peer else "?"
+            if self.connections_per_ip[ip] >= self.max_per_ip:
+                SMTP_CONNECTIONS.labels(outcome="refused_per_ip").inc()
+                transport.write(b"421 4.7.0 Too many connections from your address, try later\r\n")
+                transport.close()
+                return
+            self.connections_per_ip[ip] += 1
+            self._counted_ip = ip
+            self.live.add(self)
+
+            SMTP_CONNECTIONS.labels(outcome="accepted").inc()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted_ip is not None:
+            self.connections_per_ip[self._counted_ip] -= 1
+            if self.connections_per_ip[self._counted_ip] <= 0:
+                del self.connections_per_ip[self._counted_ip]
+            self._counted_ip = None
+        if self.transport is not None or self._handler_coroutine is not None:
+            super().connection_lost(error)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", errors="replace")
+        if not self._in_ehlo:
+            status = with_enhanced_code(status)
+        SMTP_REPLIES.labels(code=status[:3]).inc()
+        await super().push(status)
+        if status[:1] in {"4", "5"} and not status.startswith("421"):
+            self.error_count += 1
+            if self.error_count >= self.max_errors and self.transport is not None:
+                await super().push("421 4.7.0 Too many errors in this session, closing connection")
+                self.transport.close()
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Tell every open session we are going away (RFC 5321 §3.8) and close it."""
+        for protocol in list(cls.live):
+            transport = protocol.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+                transport.close()
+
+
+def _helo_label(session: Session) -> str:
+
+    return SAFE_HELO.sub("", session.host_name or "unknown")[:255] or "unknown"
+
+
+def received_header(*, session: Session, envelope: Envelope, queue_id: str) -> bytes:
+    """Trace header (RFC 5321 §4.4) naming our host, the client and the protocol."""
+    peer_ip = session.peer[0] if session.peer else "unknown"
+    tls = session.ssl is not None
+    protocol = ("UTF8SMTP" if envelope.smtp_utf8 else "ESMTP" if session.extended_smtp else "SMTP") + (
+        "S" if tls else ""
+    )
+    recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+    header = (
+        f"Received: from {_helo_label(session)} ([{peer_ip}])\r\n"
+        f"\tby {settings.A3_HOSTNAME} (A3Mailer) with {protocol} id {queue_id}{recipient};\r\n"
+        f"\t{format_datetime(timezone.now())}\r\n"
+    )
+    return header.encode("utf-8")
+
+
+def _mail_size(options: list[str]) -> int | None:
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+_RCPT_REPLIES = {
+    RecipientStatus.UNKNOWN: "550 5.1.1 No such user here",
+    RecipientStatus.DISABLED: "550 5.2.1 Mailbox disabled, not accepting messages",
+    RecipientStatus.OVER_QUOTA: "452 4.2.2 Mailbox full, try again later",
+    RecipientStatus.NEVER_FITS: "552 5.2.2 Message is larger than the mailbox quota",
+    RecipientStatus.BAD_SYNTAX: "501 5.1.3 Bad recipient address syntax",
+    RecipientStatus.NOT_LOCAL: "554 5.7.1 Relay access denied",
+}
+
+
+class InboundHandler:
+    """aiosmtpd handler for the MX listener: local recipients only, durable before 250."""
+
+    def __init__(self, batcher: AcceptBatcher) -> None:
+        self.batcher = batcher
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd advertises SIZE, 8BITMIME, SMTPUTF8 and STARTTLS itself; it also
+        # handles pipelined commands, and every reply we send carries an enhanced code.
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        sender = "" if address == "<>" else address
+        if not envelope.smtp_utf8 and not sender.isascii():
+            return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8"
+        if len(sender.encode()) > 254:
+            return "553 5.1.7 Sender address too long"
+        envelope.mail_from = sender or "<>"
+        envelope.mail_options.extend(mail_options)
+        envelope.a3_size = _mail_size(mail_options)  # type: ignore[attr-defined]
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= settings.A3_SMTP_MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        if not envelope.smtp_utf8 and not address.isascii():
+            return "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"
+        verdict = await run_db(
+            mail_services.recipient_check, address=address, size=getattr(envelope, "a3_size", None)
+        )
+        if not verdict.accepted:
+            return _RCPT_REPLIES[verdict.status]
+        if verdict.address in envelope.rcpt_tos:
+            return "250 2.1.5 Recipient OK (duplicate ignored)"
+        envelope.rcpt_tos.append(verdict.address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content: bytes = envelope.original_content or b""
+        if BARE_LINE_ENDING.search(content):
+            SMTP_MESSAGES.labels(outcome="bare_line_ending").inc()
+            return "550 5.6.0 Bare CR or LF in message; lines must end with CRLF (RFC 5321 2.3.8)"
+        if getattr(envelope, "a3_size", None) is None:
+            refusal = await self._quota_refusal(envelope, len(content))
+            if refusal:
+                return refusal
+        queue_id = mail_services.new_queue_id()
+        mail_from = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        trace = f"Return-Path: <{mail_from}>\r\n".encode() + received_header(
+            session=session, envelope=envelope, queue_id=queue_id
+        )
+        incoming = IncomingMessage(
+            queue_id=queue_id,
+            mail_from=mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            raw=trace + content,
+            peer_ip=session.peer[0] if session.peer else None,
+            helo=_helo_label(session),
+        )
+        try:
+            await self.batcher.submit(incoming)
+        except Exception:
+            logger.exception("could not store message %s", queue_id)
+            SMTP_MESSAGES.labels(outcome="temporary_failure").inc()
+            return "451 4.3.0 Temporary failure storing the message, try again later"
+        SMTP_MESSAGES.labels(outcome="accepted").inc()
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def _quota_refusal(self, envelope: Envelope, size: int) -> str | None:
+        """Without SIZE at MAIL, quotas are checked once the size is known: refuse only
+        when no recipient can take the message (one reply covers them all)."""
+        verdicts = [
+            await run_db(mail_services.recipient_check, address=address, size=size)
+            for address in envelope.rcpt_tos
+        ]
+        if any(v.accepted for v in verdicts):
+            return None
+        if all(v.status is RecipientStatus.NEVER_FITS for v in verdicts):
+            return "552 5.2.2 Message is larger than the mailbox quota"
+        if any(v.status is RecipientStatus.OVER_QUOTA for v in verdicts):
+            return "452 4.2.2 Mailbox full, try again later"
+        return None
+
+
+def make_protocol_factory(handler: InboundHandler, *, tls_context: Any) -> Any:
+    def factory() -> HardenedSMTP:
+        return HardenedSMTP(
+            handler,
+            max_per_ip=settings.A3_SMTP_MAX_CONNECTIONS_PER_IP,
+            max_errors=settings.A3_SMTP_MAX_ERRORS,
+            data_size_limit=settings.A3_MAX_MESSAGE_SIZE,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.A3_HOSTNAME,
+            ident="A3Mailer ESMTP",
+            tls_context=tls_context,
+            require_starttls=False,
+            timeout=settings.A3_SMTP_TIMEOUT_SECONDS,
+        )
+
+    return factory
