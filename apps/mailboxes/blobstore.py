@@ -87,7 +87,14 @@ class LocalBlobStore:
             hashes.append(sha256)
             final = self.path_for(sha256)
             if final.exists():
-                continue  # identical content is stored once
+                # Identical content is stored once. Refresh its age so that the orphan
+                # sweep's grace period protects it until the new row is committed.
+                try:
+                    os.utime(final)
+                    continue
+                except FileNotFoundError:
+                    pass  # swept just now: write it again
+
             directory = final.parent
             if not directory.exists():
                 directory.mkdir(parents=True, exist_ok=True)

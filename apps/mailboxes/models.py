@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from apps.core.addresses import domain_to_unicode
 from apps.core.models import TimeStampedModel
-from apps.mailboxes.querysets import AliasQuerySet, DomainQuerySet, MailboxQuerySet
+from apps.mailboxes.querysets import AliasQuerySet, DomainQuerySet, MailboxQuerySet, MailItemQuerySet
 
 GIB = 1024**3
 
@@ -244,6 +244,8 @@ class MailItem(models.Model):
     flagged = models.BooleanField(default=False)
     answered = models.BooleanField(default=False)
     deleted = models.BooleanField(default=False)  # IMAP \Deleted: gone at expunge
+
+    objects = MailItemQuerySet.as_manager()
 
     class Meta:
         ordering = ["-internal_date", "-id"]

@@ -59,3 +59,16 @@ class AliasQuerySet(models.QuerySet):
             return self.filter(domain__admins=user)
         addresses = user.mailboxes.values("address")
         return self.filter(destinations__address__in=addresses).distinct()
+
+
+class MailItemQuerySet(models.QuerySet):
+    def visible_to(self, user: User) -> MailItemQuerySet:
+        """Superadmins: all mail. Domain admins: mail in their domains' mailboxes. Mailbox
+        users: their own mailboxes only."""
+        if not _is_active_user(user):
+            return self.none()
+        if user.is_superadmin:
+            return self.all()
+        if user.is_domain_admin:
+            return self.filter(mailbox__domain__admins=user)
+        return self.filter(mailbox__owner=user)

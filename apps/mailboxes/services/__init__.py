@@ -8,4 +8,5 @@ from apps.mailboxes.services.directory import (  # noqa: F401 - public names use
     DeletionReport,
     ForwardingUnavailable,
 )
+from apps.mailboxes.services.mailitems import *  # noqa: F403
 from apps.mailboxes.services.messages import *  # noqa: F403

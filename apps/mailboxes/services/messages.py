@@ -30,6 +30,7 @@ from apps.mailboxes.models import (
     MessageRecipient,
 )
 from apps.mailboxes.parsing import ParsedMessage, parse_message, search_text
+from apps.mailboxes.search import index_message
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,8 @@ def message_deliver(*, message_id: int) -> bool:
 
     with transaction.atomic():
         _apply_metadata(message, context.parsed)
+        index_message(message)
+
         if not context.held:
             for mailbox_id, special_use in sorted(context.targets.items()):
                 _file(message=message, mailbox_id=mailbox_id, special_use=special_use)
