@@ -33,7 +33,9 @@ def check_database() -> CheckResult:
 def check_broker() -> CheckResult:
     from celery_workers import app
 
-    scheme = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    # What Celery actually uses, not what the settings say: they must agree.
+    scheme = app.conf.broker_url.split("://", 1)[0]
+
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)

@@ -166,14 +166,14 @@ DEFAULT_FOLDERS = [
 class Message(models.Model):
     """One received message: its raw bytes live in the blob store under `blob_sha256`.
 
-    The row is the message's state machine (received → delivering → delivered), committed
+    The row is the message's state machine (received → delivering → delivered | failed), committed
     in the same transaction as its recipients before the SMTP 250, so nothing acknowledged
     can be lost; metadata is filled in, best effort, when it is delivered.
     """
 
     class State(models.TextChoices):
         RECEIVED = "received", "Received"
-        DELIVERING = "delivering", "Delivering"
+        DELIVERING = "delivering", "Delivering"  # leased by a worker (lease_token)
         DELIVERED = "delivered", "Delivered"
         FAILED = "failed", "Failed"
 
@@ -185,8 +185,9 @@ class Message(models.Model):
     helo = models.CharField(max_length=255, blank=True)
     peer_ip = models.GenericIPAddressField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
-    delivery_started_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    lease_token = models.CharField(max_length=16, blank=True, db_index=True)
+    leased_at = models.DateTimeField(null=True, blank=True)
     delivery_attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
 

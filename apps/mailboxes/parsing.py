@@ -45,14 +45,22 @@ class ParsedMessage:
         return bool(self.attachments)
 
 
+def _raw_value(value: str) -> str:
+    """A header value as it was sent: unfolded, undecodable bytes replaced."""
+    text = str(value).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return text.replace("\r\n", "").replace("\n", "").strip()
+
+
 def _header(message: EmailMessage, name: str, problems: list[str]) -> str:
     try:
         value = message.get(name)
         return "" if value is None else str(value)[:HEADER_LIMIT]
     except Exception as exc:  # noqa: BLE001 - malformed headers must not stop parsing
         problems.append(f"{name}: {type(exc).__name__}")
-        raw = message.get_all(name, failobj=[]) if hasattr(message, "get_all") else []
-        return str(raw[0])[:HEADER_LIMIT] if raw else ""
+        # The structured parse failed: fall back to the raw value (get_all would
+        # parse it the same way and raise again).
+        raw = [v for k, v in message.raw_items() if k.lower() == name.lower()]
+        return _raw_value(raw[0])[:HEADER_LIMIT] if raw else ""
 
 
 def _date(value: str) -> datetime | None:
@@ -181,15 +189,12 @@ def headers_of(raw: bytes) -> list[tuple[str, str]]:
     if message is None:
         return []
     out: list[tuple[str, str]] = []
-    try:
-        items = message.items()
-    except Exception:  # noqa: BLE001
-        items = message._headers
-    for name, value in items[:500]:
-        try:
-            out.append((str(name), str(value)[:HEADER_LIMIT]))
+    for name, raw in list(message.raw_items())[:500]:
+        try:  # header by header: one malformed header keeps the others decoded
+            value = str(message.policy.header_fetch_parse(name, raw))
         except Exception:  # noqa: BLE001
-            out.append((str(name), repr(value)[:HEADER_LIMIT]))
+            value = _raw_value(raw)
+        out.append((str(name), value[:HEADER_LIMIT]))
     return out
 
 

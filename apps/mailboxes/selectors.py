@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import unicodedata
+from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
@@ -8,9 +11,13 @@ from django.db.models.functions import Coalesce
 from apps.accounts.models import User
 from apps.core.addresses import AddressError, parse_address
 from apps.core.exceptions import NotFoundError
-from apps.mailboxes.blobstore import blob_store
+from apps.mailboxes.blobstore import BlobNotFound, blob_store
 from apps.mailboxes.models import Alias, AliasDestination, Domain, Folder, Mailbox, MailItem
+from apps.mailboxes.parsing import AttachmentInfo, attachment_of, headers_of, parse_message
+from apps.mailboxes.rendering import sanitize_html
 from apps.mailboxes.search import filter_items as search_items
+
+logger = logging.getLogger(__name__)
 
 
 def _count_in_domain(model: type[Mailbox] | type[Alias]) -> Coalesce:
@@ -170,3 +177,109 @@ def mail_item_get(*, actor: User, item_id: int | str) -> MailItem:
 def mail_item_raw(*, item: MailItem) -> bytes:
     """The exact stored bytes of the message (as received, with our trace headers)."""
     return blob_store().read(item.message.blob_sha256)
+
+
+# --- Reading one message ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageContent:
+    """What a reader sees of a message. `html` is sanitised (never raw mail HTML)."""
+
+    headers: list[tuple[str, str]]
+    text: str
+    html: str | None
+    blocked_images: int  # remote images replaced by a placeholder
+    remote_images: bool  # whether remote images were allowed
+    attachments: list[AttachmentInfo]
+
+
+@dataclass(frozen=True)
+class MessageAttachment:
+    filename: str  # safe as a download name: no path, no control or bidi characters
+    content_type: str
+    data: bytes
+
+
+def _content_missing(item: MailItem) -> NotFoundError:
+    # Nothing the reader can do about it; operators get the log line.
+    logger.error("blob %s of message %s is missing", item.message.blob_sha256, item.message.queue_id)
+    return NotFoundError("The stored content of this message is missing.", code="content_missing")
+
+
+def _stored_bytes(item: MailItem) -> bytes:
+    try:
+        return mail_item_raw(item=item)
+    except BlobNotFound:
+        raise _content_missing(item) from None
+
+
+def mail_item_open_raw(*, item: MailItem) -> BinaryIO:
+    """The exact stored bytes as an open binary file (the caller closes it), for
+    streaming. Raises NotFoundError (code content_missing) if the blob is gone."""
+    try:
+        return blob_store().open(item.message.blob_sha256)
+    except BlobNotFound:
+        raise _content_missing(item) from None
+
+
+def mail_item_content(*, item: MailItem, allow_remote_images: bool = False) -> MessageContent:
+    """Headers, text, sanitised HTML and attachment list (with safe filenames) of a
+    filed message. No script survives the HTML sanitiser; remote images only when
+    allowed. Reads, never marks the message seen. Raises NotFoundError if the stored
+    bytes are missing."""
+    raw = _stored_bytes(item)
+    parsed = parse_message(raw)
+    sanitized = (
+        sanitize_html(parsed.html, allow_remote_images=allow_remote_images)
+        if parsed.html is not None
+        else None
+    )
+    return MessageContent(
+        headers=headers_of(raw),
+        text=parsed.text,
+        html=sanitized.html if sanitized else None,
+        blocked_images=sanitized.blocked_images if sanitized else 0,
+        remote_images=allow_remote_images,
+        attachments=[
+            replace(info, filename=_safe_filename(info.filename, f"attachment-{info.index}"))
+            for info in parsed.attachments
+        ],
+    )
+
+
+_FILENAME_RESERVED = set('<>:"/\\|?*')  # not allowed in names on Windows
+
+
+def _safe_filename(name: str, fallback: str) -> str:
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]  # no directories
+    # Drop Unicode "other" characters: controls, format characters (a right-to-left
+    # override disguises "txt.exe" as "exe.txt"), surrogates, private use, unassigned.
+    cleaned = "".join(
+        "_" if char in _FILENAME_RESERVED else char
+        for char in name
+        if not unicodedata.category(char).startswith("C")
+    )
+    cleaned = cleaned.strip(" .")[:150].strip(" .")
+    return cleaned or fallback
+
+
+def mail_item_attachment(*, item: MailItem, index: int | str) -> MessageAttachment:
+    """One attachment (by the MIME part index from `mail_item_content`) with a safe
+    download filename. Raises NotFoundError for an index that is not an attachment."""
+    try:
+        position = int(index)
+    except (TypeError, ValueError):
+        raise NotFoundError("No such attachment.") from None
+    raw = _stored_bytes(item)
+    if position not in {info.index for info in parse_message(raw).attachments}:
+        raise NotFoundError("No such attachment.")
+    found = attachment_of(raw, position)
+    if found is None:
+        raise NotFoundError("No such attachment.")
+    filename, content_type, data = found
+    return MessageAttachment(
+        filename=_safe_filename(filename, f"attachment-{position}"),
+        content_type=content_type,
+        data=data,
+    )

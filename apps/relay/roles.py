@@ -15,7 +15,11 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """A bound, listening TCP socket with SO_REUSEPORT, so several smtpd processes can
     share one port and the kernel spreads connections across them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio only disables Nagle (TCP_NODELAY) on sockets whose
+    # proto is IPPROTO_TCP, and with Nagle on, each multi-line reply waits for the
+    # client's delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

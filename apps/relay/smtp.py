@@ -13,6 +13,7 @@ import logging
 import re
 import weakref
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import format_datetime
 from typing import Any
 
@@ -34,6 +35,12 @@ logger = logging.getLogger(__name__)
 # message that contains one rather than guess what the client meant.
 BARE_LINE_ENDING = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 SAFE_HELO = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
+# Control characters never belong in an address; they would also end up in Return-Path.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# No legal line is longer than 1000 octets (RFC 5321 4.5.3.1.6). aiosmtpd keeps a DATA line
+# that has no CRLF yet in memory whole, so a client streaming bytes without a line end
+# could exhaust memory: past this many octets without CRLF the session is closed.
+MAX_UNTERMINATED_LINE = 64 * 1024
 
 # Enhanced status codes (RFC 3463) for replies that aiosmtpd writes without one.
 _ENHANCED_DEFAULTS = {
@@ -67,8 +74,13 @@ def with_enhanced_code(status: str) -> str:
     return f"{code}{sep}{_ENHANCED_DEFAULTS[code]} {text}"
 
 
+# Threads for the listener's blocking work (lookups, blob fsyncs, commits), sized so
+# that fsyncs of concurrent sessions overlap; kept apart from the loop's default pool.
+_SMTP_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="smtp-io")
+
+
 async def run_db(func: Any, /, **kwargs: Any) -> Any:
-    """Run a synchronous service on a worker thread with fresh database connections."""
+    """Run a synchronous service on a worker thread with healthy database connections."""
 
     def call() -> Any:
         close_old_connections()
@@ -77,7 +89,12 @@ async def run_db(func: Any, /, **kwargs: Any) -> Any:
         finally:
             close_old_connections()
 
-    return await sync_to_async(call, thread_sensitive=False)()
+    return await sync_to_async(call, thread_sensitive=False, executor=_SMTP_THREADS)()
+
+
+async def run_io(func: Any, /, **kwargs: Any) -> Any:
+    """Run blocking file work (no database) on the listener's threads."""
+    return await asyncio.get_running_loop().run_in_executor(_SMTP_THREADS, lambda: func(**kwargs))
 
 
 class HardenedSMTP(SMTP):
@@ -94,6 +111,8 @@ class HardenedSMTP(SMTP):
         self.error_count = 0
         self._counted_ip: str | None = None
         self._in_ehlo = False
+        self._unterminated = 0  # octets received since the last CRLF
+        self._after_cr = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._counted_ip is None and self.transport is None:
@@ -111,6 +130,23 @@ class HardenedSMTP(SMTP):
             SMTP_CONNECTIONS.labels(outcome="accepted").inc()
         super().connection_made(transport)
 
+    def data_received(self, data: bytes) -> None:
+        end = data.rfind(b"\r\n")
+        if end >= 0:
+            self._unterminated = len(data) - end - 2
+        elif self._after_cr and data[:1] == b"\n":
+            self._unterminated = len(data) - 1
+        else:
+            self._unterminated += len(data)
+        self._after_cr = data[-1:] == b"\r"
+        if self._unterminated > MAX_UNTERMINATED_LINE:
+            if self.transport is not None and not self.transport.is_closing():
+                SMTP_REPLIES.labels(code="421").inc()
+                self.transport.write(b"421 4.7.0 Line too long, closing connection\r\n")
+                self.transport.close()
+            return
+        super().data_received(data)
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted_ip is not None:
             self.connections_per_ip[self._counted_ip] -= 1
@@ -124,6 +160,14 @@ class HardenedSMTP(SMTP):
         self._in_ehlo = True
         try:
             await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        # RFC 2034 §3: no enhanced code in the reply to HELO either.
+        self._in_ehlo = True
+        try:
+            await super().smtp_HELO(hostname)
         finally:
             self._in_ehlo = False
 
@@ -179,6 +223,15 @@ def _mail_size(options: list[str]) -> int | None:
     return None
 
 
+def _is_utf8(text: str) -> bool:
+    """False for arguments with undecodable bytes (aiosmtpd keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _RCPT_REPLIES = {
     RecipientStatus.UNKNOWN: "550 5.1.1 No such user here",
     RecipientStatus.DISABLED: "550 5.2.1 Mailbox disabled, not accepting messages",
@@ -201,8 +254,11 @@ class InboundHandler:
         session.host_name = hostname
         # aiosmtpd advertises SIZE, 8BITMIME, SMTPUTF8 and STARTTLS itself; it also
         # handles pipelined commands, and every reply we send carries an enhanced code.
+        # The MX takes no logins (that is the submission listener's job): aiosmtpd would
+        # advertise AUTH after STARTTLS, with nothing able to accept it.
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        return responses[:-1] + extra + responses[-1:]
+        kept = [line for line in responses[:-1] if not line[4:].upper().startswith("AUTH")]
+        return kept + extra + responses[-1:]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -210,6 +266,8 @@ class InboundHandler:
         sender = "" if address == "<>" else address
         if not envelope.smtp_utf8 and not sender.isascii():
             return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8"
+        if CONTROL_CHARS.search(sender) or not _is_utf8(sender):
+            return "553 5.1.7 Bad sender address syntax"
         if len(sender.encode()) > 254:
             return "553 5.1.7 Sender address too long"
         envelope.mail_from = sender or "<>"
@@ -240,7 +298,8 @@ class InboundHandler:
         if BARE_LINE_ENDING.search(content):
             SMTP_MESSAGES.labels(outcome="bare_line_ending").inc()
             return "550 5.6.0 Bare CR or LF in message; lines must end with CRLF (RFC 5321 2.3.8)"
-        if getattr(envelope, "a3_size", None) is None:
+        declared = getattr(envelope, "a3_size", None)
+        if declared is None or len(content) > declared:  # RCPT checked the declared size only
             refusal = await self._quota_refusal(envelope, len(content))
             if refusal:
                 return refusal

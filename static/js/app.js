@@ -100,6 +100,15 @@
     });
   }
 
+  // Webmail: picking a folder in "Move to…" moves the message at once; the Move button
+  // is the no-JS fallback and is hidden (via the .js class) when this runs.
+  document.documentElement.classList.add("js");
+  document.addEventListener("change", (event) => {
+    const select = event.target;
+    if (!(select instanceof HTMLSelectElement) || !select.hasAttribute("data-autosubmit")) return;
+    if (select.value && select.form) select.form.requestSubmit();
+  });
+
   document.addEventListener("DOMContentLoaded", () => {
     const source = document.getElementById("toasts");
     if (source && source.dataset.wsUrl && "WebSocket" in window) {

@@ -63,3 +63,17 @@ def test_persistent_secret_key_is_generated_once(tmp_path):
     assert len(first) >= 50
     assert env.persistent_secret_key(tmp_path) == first
     assert oct((tmp_path / "secret_key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_celery_uses_the_broker_from_django_settings():
+    """Regression: a second config_from_object once replaced the settings source and
+    Celery fell back to amqp://localhost."""
+    from django.conf import settings
+
+    from celery_workers import app
+
+    assert app.conf.broker_url == settings.CELERY_BROKER_URL
+    assert app.conf.task_acks_late is True
+    assert {queue.name for queue in app.conf.task_queues} == {"default", "mail", "scan", "backup"}
+    assert app.amqp.router.route({}, "mailboxes.deliver")["queue"].name == "mail"
+    assert "core.heartbeat" in app.conf.beat_schedule

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from apps.core.addresses import AddressError, parse_address
+from apps.core.db import durable_atomic
 from apps.mailboxes.blobstore import BlobNotFound, blob_store
 from apps.mailboxes.models import (
     Alias,
@@ -40,6 +41,7 @@ __all__ = [
     "RecipientStatus",
     "RecipientVerdict",
     "blobs_sweep_orphans",
+    "message_blob_store",
     "message_deliver",
     "messages_accept",
     "messages_requeue_stalled",
@@ -131,33 +133,44 @@ class IncomingMessage:
     raw: bytes  # as stored: trace headers included
     peer_ip: str | None = None
     helo: str = ""
+    blob_sha256: str = ""  # set once the raw bytes are durable in the blob store
+
+
+def message_blob_store(*, raw: bytes) -> str:
+    """Write a message's bytes durably (fsynced) to the blob store; returns the hash.
+    Safe to call from many threads at once: that is how concurrent sessions share disk
+    flushes."""
+    return blob_store().put(raw)
 
 
 def messages_accept(*, incoming: list[IncomingMessage]) -> list[Message]:
     """Make a batch of received messages durable, then queue their delivery.
 
-    Blobs are fsynced first, then every Message and recipient row is committed in one
-    transaction; only after this returns may the caller acknowledge (SMTP 250). Batching
-    many sessions' messages into one commit is what keeps durable acknowledgement fast.
-    A crash between the two steps leaves only orphan blobs, which `blobs_sweep_orphans`
-    removes.
+    Blobs not yet stored are written and fsynced first; then every Message and recipient
+    row is committed in one durable transaction. Only after this returns may the caller
+    acknowledge (SMTP 250). Batching many sessions' messages into one commit is what
+    keeps durable acknowledgement fast. A crash between the two steps leaves only orphan
+    blobs, which `blobs_sweep_orphans` removes.
     """
     from apps.mailboxes.tasks import message_deliver_task
 
     if not incoming:
         return []
-    hashes = blob_store().put_many(item.raw for item in incoming)
-    with transaction.atomic():
+    missing = [item for item in incoming if not item.blob_sha256]
+    stored = dict(
+        zip((id(item) for item in missing), blob_store().put_many(item.raw for item in missing), strict=True)
+    )
+    with durable_atomic():
         messages = Message.objects.bulk_create(
             Message(
                 queue_id=item.queue_id,
-                blob_sha256=sha256,
+                blob_sha256=item.blob_sha256 or stored[id(item)],
                 size=len(item.raw),
                 mail_from=item.mail_from[:998],
                 helo=item.helo[:255],
                 peer_ip=item.peer_ip,
             )
-            for item, sha256 in zip(incoming, hashes, strict=True)
+            for item in incoming
         )
         MessageRecipient.objects.bulk_create(
             MessageRecipient(message=message, address=address)
@@ -237,24 +250,49 @@ def expand_recipients(context: DeliveryContext) -> None:
             context.targets.setdefault(mailbox_id, Folder.SpecialUse.INBOX)
 
 
-def _claim(message_id: int) -> bool:
-    """Take the message for delivery; False if another worker has it or it is done.
-
-    A claim older than the sweep interval is presumed dead (its worker crashed) and can
-    be taken over."""
-    stale = timezone.now() - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS * 5)
-    claimed = (
-        Message.objects.filter(pk=message_id)
-        .filter(
-            Q(state=Message.State.RECEIVED) | Q(state=Message.State.DELIVERING, delivery_started_at__lt=stale)
-        )
-        .update(
-            state=Message.State.DELIVERING,
-            delivery_started_at=timezone.now(),
-            delivery_attempts=F("delivery_attempts") + 1,
-        )
+def _lease(message_id: int) -> list[Message]:
+    """Claim `message_id` and up to A3_DELIVERY_BATCH - 1 other waiting messages for this
+    worker, with a random token in one short UPDATE. Workers never parse or file the same
+    message twice; a lease whose worker died is released by the sweep."""
+    token = secrets.token_hex(8)
+    others = list(
+        Message.objects.filter(state=Message.State.RECEIVED)
+        .exclude(pk=message_id)
+        .order_by("id")
+        .values_list("id", flat=True)[: max(0, settings.A3_DELIVERY_BATCH - 1)]
     )
-    return claimed == 1
+    with transaction.atomic():
+        claimed = Message.objects.filter(pk__in=[message_id, *others], state=Message.State.RECEIVED).update(
+            state=Message.State.DELIVERING, lease_token=token, leased_at=timezone.now()
+        )
+    if not claimed:
+        return []
+    return list(Message.objects.filter(lease_token=token, state=Message.State.DELIVERING).order_by("id"))
+
+
+MAX_DELIVERY_ATTEMPTS = 5
+
+
+def _record_failure(message: Message, error: str) -> None:
+    """A delivery attempt crashed: count it, and give up (alert) after a few."""
+    from apps.alerts.services import emit
+
+    attempts = message.delivery_attempts + 1
+    failed = attempts >= MAX_DELIVERY_ATTEMPTS
+    with transaction.atomic():
+        Message.objects.filter(pk=message.pk).update(
+            delivery_attempts=attempts,
+            last_error=error[:2000],
+            state=Message.State.FAILED if failed else Message.State.RECEIVED,
+            lease_token="",
+        )
+        if failed:
+            emit(
+                "mailboxes.delivery_failed",
+                "error",
+                f"Message {message.queue_id} could not be delivered after {attempts} attempts: {error[:200]}",
+                queue_id=message.queue_id,
+            )
 
 
 def _file(*, message: Message, mailbox_id: int, special_use: str) -> bool:
@@ -278,62 +316,86 @@ def _file(*, message: Message, mailbox_id: int, special_use: str) -> bool:
     return True
 
 
+def _text(value: str) -> str:
+    """Mail may contain NUL characters; PostgreSQL text columns cannot."""
+    return value.replace("\x00", "")
+
+
 def _apply_metadata(message: Message, parsed: ParsedMessage) -> None:
     message.parsed = True
-    message.message_id_header = parsed.message_id
-    message.subject = parsed.subject
-    message.from_header = parsed.from_header
-    message.to_header = parsed.to_header
-    message.cc_header = parsed.cc_header
+    message.message_id_header = _text(parsed.message_id)
+    message.subject = _text(parsed.subject)
+    message.from_header = _text(parsed.from_header)
+    message.to_header = _text(parsed.to_header)
+    message.cc_header = _text(parsed.cc_header)
     message.date_header = parsed.date
     message.has_attachments = parsed.has_attachments
-    message.parse_problems = "; ".join(parsed.problems)[:2000]
-    message.body_text = search_text(parsed)
+    message.parse_problems = _text("; ".join(parsed.problems))[:2000]
+    message.body_text = _text(search_text(parsed))
 
 
-def message_deliver(*, message_id: int) -> bool:
-    """Parse, run the delivery stages and file a received message into its recipients'
-    folders. Safe to run twice (a claim plus one copy per mailbox); returns whether this
-    call did the delivery. A missing message is logged, not an error."""
-    if not _claim(message_id):
-        return False
-    message = Message.objects.filter(pk=message_id).first()
-    if message is None:
-        logger.warning("message %s vanished before delivery", message_id)
-        return False
+def _prepare(message: Message) -> DeliveryContext | None:
+    """Read, parse and run the stages for one leased message (no transaction held)."""
     try:
         raw = blob_store().read(message.blob_sha256)
     except BlobNotFound:
         Message.objects.filter(pk=message.pk).update(
-            state=Message.State.FAILED, last_error="stored content is missing"
+            state=Message.State.FAILED, last_error="stored content is missing", lease_token=""
         )
         logger.error("blob %s of message %s is missing", message.blob_sha256, message.queue_id)
-        return False
-    context = DeliveryContext(message=message, raw=raw, parsed=parse_message(raw))
-    for stage in _stages():
-        stage(context)
+        return None
+    try:
+        context = DeliveryContext(message=message, raw=raw, parsed=parse_message(raw))
+        for stage in _stages():
+            stage(context)
+    except Exception as exc:
+        logger.exception("delivery stages failed for message %s", message.queue_id)
+        _record_failure(message, f"{type(exc).__name__}: {exc}")
+        return None
+    return context
 
-    with transaction.atomic():
-        _apply_metadata(message, context.parsed)
-        index_message(message)
 
-        if not context.held:
-            for mailbox_id, special_use in sorted(context.targets.items()):
-                _file(message=message, mailbox_id=mailbox_id, special_use=special_use)
-        for address, reason in context.failures.items():
-            MessageRecipient.objects.filter(message=message, address=address).update(
-                state=MessageRecipient.State.FAILED, detail=reason[:500]
-            )
-        MessageRecipient.objects.filter(message=message, state=MessageRecipient.State.PENDING).update(
-            state=MessageRecipient.State.DELIVERED
+def _commit_delivery(context: DeliveryContext) -> None:
+    message = context.message
+    _apply_metadata(message, context.parsed)
+    index_message(message)
+    if not context.held:
+        for mailbox_id, special_use in sorted(context.targets.items()):
+            _file(message=message, mailbox_id=mailbox_id, special_use=special_use)
+    for address, reason in context.failures.items():
+        MessageRecipient.objects.filter(message=message, address=address).update(
+            state=MessageRecipient.State.FAILED, detail=reason[:500]
         )
-        message.state = Message.State.DELIVERED
-        message.delivered_at = timezone.now()
-        message.last_error = "; ".join(f"{a}: {r}" for a, r in context.failures.items())[:2000]
-        message.save()
+    MessageRecipient.objects.filter(message=message, state=MessageRecipient.State.PENDING).update(
+        state=MessageRecipient.State.DELIVERED
+    )
+    message.state = Message.State.DELIVERED
+    message.delivered_at = timezone.now()
+    message.delivery_attempts += 1
+    message.lease_token = ""
+    message.last_error = "; ".join(f"{a}: {r}" for a, r in context.failures.items())[:2000]
+    message.save()
     if context.failures:
         logger.warning("message %s not delivered to %d recipient(s)", message.queue_id, len(context.failures))
-    return True
+
+
+def message_deliver(*, message_id: int) -> bool:
+    """Deliver a received message: parse it, run the delivery stages and file it into its
+    recipients' folders. Other messages waiting at the same time are delivered in the same
+    pass (their own tasks then find nothing to do), which keeps the write transactions
+    few. Safe to run twice; returns whether this call delivered `message_id`.
+
+    Reading, parsing and the stages run outside any transaction; filing the whole batch
+    is one short write transaction, which matters on SQLite's single writer.
+    """
+    leased = _lease(message_id)
+    if not leased:
+        return False  # delivered already, leased by another worker, failed, or gone
+    contexts = [context for message in leased if (context := _prepare(message)) is not None]
+    with transaction.atomic():
+        for context in contexts:
+            _commit_delivery(context)
+    return any(context.message.pk == message_id for context in contexts)
 
 
 # --- Sweeps ----------------------------------------------------------------------------
@@ -346,12 +408,13 @@ def messages_requeue_stalled(*, limit: int = 1000) -> int:
 
     now = timezone.now()
     waited = now - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS)
-    stale_claim = now - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS * 5)
+    # A lease this old belongs to a worker that died mid-delivery: give it back.
+    Message.objects.filter(
+        state=Message.State.DELIVERING,
+        leased_at__lt=now - timedelta(seconds=settings.A3_DELIVERY_SWEEP_AFTER_SECONDS * 5),
+    ).update(state=Message.State.RECEIVED, lease_token="")
     ids = list(
-        Message.objects.filter(
-            Q(state=Message.State.RECEIVED, received_at__lt=waited)
-            | Q(state=Message.State.DELIVERING, delivery_started_at__lt=stale_claim)
-        )
+        Message.objects.filter(state=Message.State.RECEIVED, received_at__lt=waited)
         .order_by("received_at")
         .values_list("id", flat=True)[:limit]
     )
