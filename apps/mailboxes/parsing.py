@@ -176,10 +176,12 @@ def parse_message(raw: bytes) -> ParsedMessage:
 def search_text(parsed: ParsedMessage) -> str:
     """The body text kept for full-text search (HTML-only mail contributes its text)."""
     text = parsed.text
-    if not text and parsed.html:
+    if parsed.html:
         import nh3
 
-        text = nh3.clean(parsed.html, tags=set())
+        # Words that only the HTML part carries must be findable too.
+        html_text = nh3.clean(parsed.html, tags=set())
+        text = f"{text}\n{html_text}" if text else html_text
     return text[:BODY_TEXT_LIMIT]
 
 

@@ -175,8 +175,12 @@ def mail_item_get(*, actor: User, item_id: int | str) -> MailItem:
 
 
 def mail_item_raw(*, item: MailItem) -> bytes:
-    """The exact stored bytes of the message (as received, with our trace headers)."""
-    return blob_store().read(item.message.blob_sha256)
+    """The exact stored bytes of the message (as received, with our trace headers).
+    Raises NotFoundError (code content_missing) if the blob is gone."""
+    try:
+        return blob_store().read(item.message.blob_sha256)
+    except BlobNotFound:
+        raise _content_missing(item) from None
 
 
 # --- Reading one message ---------------------------------------------------------------
@@ -208,10 +212,7 @@ def _content_missing(item: MailItem) -> NotFoundError:
 
 
 def _stored_bytes(item: MailItem) -> bytes:
-    try:
-        return mail_item_raw(item=item)
-    except BlobNotFound:
-        raise _content_missing(item) from None
+    return mail_item_raw(item=item)
 
 
 def mail_item_open_raw(*, item: MailItem) -> BinaryIO:
