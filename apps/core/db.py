@@ -21,11 +21,14 @@ def durable_atomic() -> Iterator[None]:
         with transaction.atomic():
             yield
         return
+    from apps.core.sqlite.base import urgent_writes
+
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA synchronous=FULL")
     try:
-        with transaction.atomic():
+        with urgent_writes(), transaction.atomic():
             yield
+
     finally:
         with connection.cursor() as cursor:
             cursor.execute("PRAGMA synchronous=NORMAL")

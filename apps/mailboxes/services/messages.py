@@ -386,14 +386,16 @@ def message_deliver(*, message_id: int) -> bool:
     few. Safe to run twice; returns whether this call delivered `message_id`.
 
     Reading, parsing and the stages run outside any transaction; filing the whole batch
-    is one short write transaction, which matters on SQLite's single writer.
+    is a short write transaction per message, which matters on SQLite's single writer.
     """
     leased = _lease(message_id)
     if not leased:
         return False  # delivered already, leased by another worker, failed, or gone
     contexts = [context for message in leased if (context := _prepare(message)) is not None]
-    with transaction.atomic():
-        for context in contexts:
+    # One short transaction per message: acknowledging new mail never waits long behind
+    # delivery, and with the lease held nobody else touches these rows meanwhile.
+    for context in contexts:
+        with transaction.atomic():
             _commit_delivery(context)
     return any(context.message.pk == message_id for context in contexts)
 
