@@ -101,7 +101,8 @@ def recipient_check(*, address: str, size: int | None = None) -> RecipientVerdic
         if mailbox.quota_bytes:
             if size and size > mailbox.quota_bytes:
                 return RecipientVerdict(RecipientStatus.NEVER_FITS, parsed.value)
-            if mailbox.used_bytes + (size or 0) > mailbox.quota_bytes:
+            # Without a size, a mailbox exactly at its quota is full.
+            if mailbox.used_bytes + (size or 1) > mailbox.quota_bytes:
                 return RecipientVerdict(RecipientStatus.OVER_QUOTA, parsed.value)
         return RecipientVerdict(RecipientStatus.LOCAL, parsed.value)
     alias_active = (
@@ -394,10 +395,17 @@ def message_deliver(*, message_id: int) -> bool:
     contexts = [context for message in leased if (context := _prepare(message)) is not None]
     # One short transaction per message: acknowledging new mail never waits long behind
     # delivery, and with the lease held nobody else touches these rows meanwhile.
+    delivered = False
     for context in contexts:
-        with transaction.atomic():
-            _commit_delivery(context)
-    return any(context.message.pk == message_id for context in contexts)
+        try:
+            with transaction.atomic():
+                _commit_delivery(context)
+        except Exception as exc:
+            logger.exception("filing message %s failed", context.message.queue_id)
+            _record_failure(context.message, f"{type(exc).__name__}: {exc}")
+            continue
+        delivered = delivered or context.message.pk == message_id
+    return delivered
 
 
 # --- Sweeps ----------------------------------------------------------------------------
