@@ -31,7 +31,7 @@ BLOCKED_IMAGE = "data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg'
 @dataclass(frozen=True)
 class SanitizedHtml:
     html: str
-    blocked_images: int  # remote images replaced by a placeholder
+    blocked_images: int  # remote images swapped for a blank image
 
 
 def sanitize_html(html: str, *, allow_remote_images: bool = False) -> SanitizedHtml:

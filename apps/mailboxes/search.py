@@ -51,8 +51,8 @@ def index_message(message: Message) -> None:
 def unindex_messages(message_ids: list[int]) -> None:
     if connection.vendor == "sqlite" and message_ids:
         with connection.cursor() as cursor:
-            placeholders = ",".join(["%s"] * len(message_ids))
-            cursor.execute(f"DELETE FROM {SQLITE_TABLE} WHERE rowid IN ({placeholders})", message_ids)  # noqa: S608
+            marks = ",".join(["%s"] * len(message_ids))
+            cursor.execute(f"DELETE FROM {SQLITE_TABLE} WHERE rowid IN ({marks})", message_ids)  # noqa: S608
 
 
 def _fts5_query(text: str) -> str:

@@ -193,7 +193,7 @@ class MessageContent:
     headers: list[tuple[str, str]]
     text: str
     html: str | None
-    blocked_images: int  # remote images replaced by a placeholder
+    blocked_images: int  # remote images swapped for a blank image
     remote_images: bool  # whether remote images were allowed
     attachments: list[AttachmentInfo]
 

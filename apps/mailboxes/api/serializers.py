@@ -253,7 +253,7 @@ class MessageDetailOutputSerializer(MessageOutputSerializer):
         help_text="The HTML part, sanitised: no scripts, handlers, forms or styles."
     )
     remote_images = serializers.SerializerMethodField(help_text="Whether remote images were kept.")
-    blocked_images = serializers.SerializerMethodField(help_text="Remote images replaced by a placeholder.")
+    blocked_images = serializers.SerializerMethodField(help_text="Remote images swapped for a blank image.")
     attachments = serializers.SerializerMethodField()
     raw_url = serializers.SerializerMethodField(help_text="The stored RFC 5322 bytes.")
 
