@@ -26,7 +26,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 # --- Paths and identity ----------------------------------------------------------------
 A3_DATA_DIR = Path(env_str("A3_DATA_DIR", str(BASE_DIR / "var"))).resolve()
-A3_DATA_DIR.mkdir(parents=True, exist_ok=True)
+if not A3_DATA_DIR.exists():
+    # Private by default: the database holds password and token hashes.
+    A3_DATA_DIR.mkdir(parents=True, mode=0o700)
 A3_BLOB_DIR = A3_DATA_DIR / "blobs"
 A3_HOSTNAME = env_str("A3_HOSTNAME", "localhost").strip().lower()
 
@@ -313,6 +315,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apps.core.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_RATES": {"auth": env_str("A3_AUTH_THROTTLE_RATE", "30/min")},
+    # Throttle by the peer address, never by a client-supplied X-Forwarded-For, unless a
+    # trusted proxy sits in front (A3_BEHIND_PROXY).
+    "NUM_PROXIES": 1 if env_bool("A3_BEHIND_PROXY", False) else 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "A3Mailer API",

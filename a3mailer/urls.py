@@ -2,6 +2,7 @@ from csp.constants import UNSAFE_INLINE
 from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from apps.core import views as core_views
@@ -27,6 +28,13 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("mail/", include("apps.mailboxes.urls")),
     path("alerts/", include("apps.alerts.urls")),
+    # One sign-in for everyone: the admin site's own login would bypass the auth record,
+    # the failure alerts and (later) MFA.
+    path(
+        "django-admin/login/",
+        RedirectView.as_view(pattern_name="accounts:login", query_string=True),
+        name="django-admin-login",
+    ),
     path("django-admin/", admin.site.urls),
     path("", include("apps.core.urls")),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.core.models import WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,8 @@ def check_database() -> CheckResult:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
-        return CheckResult("database", False, f"{type(exc).__name__}: {exc}")
+        logger.warning("readiness: database check failed: %s", exc)
+        return CheckResult("database", False, f"{type(exc).__name__} (details in the server log)")
     return CheckResult("database", True, connection.vendor)
 
 
@@ -40,7 +44,8 @@ def check_broker() -> CheckResult:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:  # noqa: BLE001
-        return CheckResult("broker", False, f"{scheme}: {type(exc).__name__}: {exc}")
+        logger.warning("readiness: broker check failed: %s", exc)
+        return CheckResult("broker", False, f"{scheme}: {type(exc).__name__} (details in the server log)")
     return CheckResult("broker", True, scheme)
 
 
@@ -53,7 +58,8 @@ def check_blob_dir() -> CheckResult:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
-        return CheckResult("blob_store", False, f"{directory}: {exc.strerror or exc}")
+        logger.warning("readiness: blob store check failed: %s", exc)
+        return CheckResult("blob_store", False, f"not writable: {exc.strerror or type(exc).__name__}")
     return CheckResult("blob_store", True, str(directory))
 
 

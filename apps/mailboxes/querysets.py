@@ -71,4 +71,6 @@ class MailItemQuerySet(models.QuerySet):
             return self.all()
         if user.is_domain_admin:
             return self.filter(mailbox__domain__admins=user)
-        return self.filter(mailbox__owner=user)
+        # A disabled mailbox (or domain) stops serving its owner too: that is how an
+        # administrator cuts off a departing or compromised user.
+        return self.filter(mailbox__owner=user, mailbox__is_active=True, mailbox__domain__is_active=True)

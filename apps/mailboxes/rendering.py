@@ -43,11 +43,15 @@ def sanitize_html(html: str, *, allow_remote_images: bool = False) -> SanitizedH
         nonlocal blocked
         if tag == "img" and attribute == "src":
             lowered = value.strip().lower()
-            if lowered.startswith(("http:", "https:", "//")) and not allow_remote_images:
+            if lowered.startswith("data:"):
+                return value if lowered.startswith("data:image/") else None
+            if lowered.startswith("cid:"):
+                return value
+            if not allow_remote_images:
+                # Anything else may reach the network, however it is spelled
+                # ("ht&#9;tps:", "/\\host", relative paths): block it all.
                 blocked += 1
                 return BLOCKED_IMAGE
-            if lowered.startswith("data:") and not lowered.startswith("data:image/"):
-                return None
         return value
 
     cleaned = nh3.clean(

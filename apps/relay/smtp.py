@@ -248,6 +248,12 @@ class InboundHandler:
     def __init__(self, batcher: AcceptBatcher) -> None:
         self.batcher = batcher
 
+    async def handle_exception(self, error: Exception) -> str:
+        """Any unexpected failure (a locked or unreachable database, say) is temporary
+        to the client: it will retry, nothing it sent is lost, and no internals leak."""
+        logger.exception("SMTP session failed", exc_info=error)
+        return "451 4.3.0 Temporary failure, try again later"
+
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:

@@ -646,3 +646,22 @@ def test_recipient_check_mailbox_exactly_at_quota_is_full_without_size(domain_a,
     Mailbox.objects.filter(pk=mailbox_a.pk).update(quota_bytes=1000, used_bytes=1000)
     verdict = services.recipient_check(address="alice@alpha.test")
     assert verdict.status is services.RecipientStatus.OVER_QUOTA
+
+
+@pytest.mark.django_db
+def test_mailbox_delete_removes_its_messages_so_the_sweep_frees_their_blobs(superadmin, domain_a, mailbox_a):
+    message = services.messages_accept(
+        incoming=[
+            IncomingMessage(
+                queue_id="GONE1",
+                mail_from="a@remote.test",
+                recipients=("alice@alpha.test",),
+                raw=b"Subject: x\r\n\r\nbye\r\n",
+            )
+        ]
+    )[0]
+    services.message_deliver(message_id=message.pk)
+    services.mailbox_delete(actor=superadmin, mailbox=mailbox_a)
+    assert not Message.objects.filter(pk=message.pk).exists()
+    assert services.blobs_sweep_orphans(grace_seconds=0) >= 1
+    assert not blob_store().exists(message.blob_sha256)

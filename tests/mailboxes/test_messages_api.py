@@ -280,7 +280,7 @@ def test_message_detail_has_headers_text_sanitised_html_and_envelope(mail, as_al
     assert "Quarterly <b>numbers</b> inside." in html
     for hostile in ("<script", "alert(1)", "onerror", "javascript:", REMOTE_IMAGE):
         assert hostile not in html
-    assert body["blocked_images"] == 1 and body["remote_images"] is False
+    assert body["blocked_images"] == 2 and body["remote_images"] is False
     assert '<img src="data:image/svg+xml;utf8,' in html and 'alt="pixel"' in html  # the placeholder
     assert body["attachments"] == []
     assert body["envelope"]["mail_from"] == "sender@remote.test"

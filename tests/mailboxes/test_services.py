@@ -421,7 +421,7 @@ def test_mailbox_create_rejects_unknown_owner_email(superadmin, domain_a):
             actor=superadmin, address="x@alpha.test", password=TEST_PASSWORD, owner_email="ghost@people.test"
         )
     assert excinfo.value.code == "unknown_owner"
-    assert excinfo.value.fields == {"owner": ["No such user."]}
+    assert excinfo.value.fields == {"owner": ["No such user that you may assign."]}
     assert not Mailbox.objects.exists()
     assert not User.objects.filter(email__in=["ghost@people.test", "x@alpha.test"]).exists()
 

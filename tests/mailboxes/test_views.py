@@ -276,7 +276,7 @@ def test_mailbox_create_view_lists_manageable_domains(world, login, admin_a):
         ({"address": "x@alpha.test", "password": ""}, "This field is required."),
         ({"address": "x@alpha.test", "quota_mib": -1}, "Ensure this value is greater than or equal to 0."),
         ({"address": "x@alpha.test", "quota_mib": "abc"}, "Enter a whole number."),
-        ({"address": "x@alpha.test", "owner": "ghost@people.test"}, "No such user."),
+        ({"address": "x@alpha.test", "owner": "ghost@people.test"}, "No such user that you may assign."),
     ],
 )
 def test_mailbox_create_view_shows_field_errors(world, login, admin_a, data, message):

@@ -164,7 +164,7 @@ def test_message_page_shows_headers_actions_and_sandboxed_body_and_marks_seen(ma
     assert f'src="{message_url(item, "body/")}"' in iframe
     assert 'sandbox="allow-popups allow-popups-to-escape-sandbox"' in iframe
     assert "allow-scripts" not in iframe and "allow-same-origin" not in iframe
-    assert "1 remote image blocked" in body and f'href="{message_url(item)}?remote_images=1"' in body
+    assert "2 remote images blocked" in body and f'href="{message_url(item)}?remote_images=1"' in body
     # The mail's own HTML is never part of our page.
     assert "Quarterly <b>numbers</b>" not in body and "alert(" not in body
     assert "Mark unread" in body and "Move to…" in body and f'href="/api/v1/messages/{item.pk}/raw"' in body

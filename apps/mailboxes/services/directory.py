@@ -9,6 +9,7 @@ from django.contrib.auth import password_validation
 from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 
 from apps.accounts import services as account_services
 from apps.accounts.models import User
@@ -27,7 +28,9 @@ from apps.mailboxes.models import (
     Domain,
     Folder,
     Mailbox,
+    MailItem,
 )
+from apps.mailboxes.services.mailitems import remove_mail_items
 
 MAX_ALIAS_DEPTH = 16
 MAX_ALIAS_DESTINATIONS = 500
@@ -267,16 +270,7 @@ def mailbox_create(
     _check_quota(quota_bytes)
     _validate_mail_password(password)
 
-    if owner_email:
-        owner = User.objects.filter(email=owner_email.strip().lower()).first()
-        if owner is None:
-            raise ApplicationError(
-                f"No user {owner_email}.", code="unknown_owner", fields={"owner": ["No such user."]}
-            )
-    else:
-        owner = User.objects.filter(email=parsed.value).first() or account_services.user_create(
-            actor=actor, email=parsed.value, password=password, role=User.Role.USER
-        )
+    owner = _mailbox_owner(actor=actor, address=parsed, owner_email=owner_email, password=password)
 
     mailbox = Mailbox.objects.create(
         domain=domain,
@@ -373,12 +367,53 @@ def mailbox_references(*, mailbox: Mailbox) -> list[str]:
     )
 
 
+def _assignable_owners(actor: User) -> QuerySet[User]:
+    """Users the actor may make mailbox owners: anyone for superadmins; for domain
+    admins, only mailbox users already in their scope (never admins or strangers)."""
+    if actor.is_superadmin:
+        return User.objects.all()
+    return User.objects.visible_to(actor).filter(role=User.Role.USER)
+
+
+def _mailbox_owner(*, actor: User, address: Address, owner_email: str | None, password: str) -> User:
+    if owner_email:
+        try:
+            email = parse_address(owner_email, field="owner").value
+        except ApplicationError:
+            email = ""
+        owner = _assignable_owners(actor).filter(email=email).first() if email else None
+        if owner is None:
+            # One answer for unknown and out-of-scope users: no probing for accounts.
+            raise ApplicationError(
+                f"{owner_email} is not a user you can assign.",
+                code="unknown_owner",
+                fields={"owner": ["No such user that you may assign."]},
+            )
+        return owner
+    existing = User.objects.filter(email=address.value).first()
+    if existing is None:
+        return account_services.user_create(
+            actor=actor, email=address.value, password=password, role=User.Role.USER
+        )
+    if _assignable_owners(actor).filter(pk=existing.pk).exists():
+        return existing
+    raise ConflictError(
+        f"An account {address.display} already exists; a superadmin must assign it.",
+        code="owner_out_of_scope",
+        fields={"address": ["An account with this address exists; ask a superadmin."]},
+    )
+
+
 def _mailbox_delete_cascade(mailbox: Mailbox, report: DeletionReport) -> None:
     _destinations_remove(mailbox.address, report)
     owner = mailbox.owner
     report.mailboxes.append(mailbox.address)
+    # Its mail first: messages no other mailbox holds go too (their blobs with the sweep).
+    remove_mail_items(MailItem.objects.filter(mailbox=mailbox))
     mailbox.delete()
-    if owner.role == User.Role.USER and not owner.mailboxes.exists():
+    # Only the account made for this mailbox (same address) goes with it; an owner that
+    # was assigned is a person with a life beyond this mailbox.
+    if owner.role == User.Role.USER and owner.email == mailbox.address and not owner.mailboxes.exists():
         report.users.append(owner.email)
         owner.delete()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F, QuerySet, Sum
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
@@ -21,6 +21,7 @@ __all__ = [
     "mail_item_set_flags",
     "mailbox_access_record",
     "mailbox_recalculate_usage",
+    "remove_mail_items",
 ]
 
 
@@ -107,7 +108,7 @@ def mail_item_delete(*, actor: User, item: MailItem) -> MailItem | None:
         )
         if trash is not None:
             return _refile(item, trash)
-    _remove_items(MailItem.objects.filter(pk=item.pk))
+    remove_mail_items(MailItem.objects.filter(pk=item.pk))
     return None
 
 
@@ -115,12 +116,12 @@ def mail_item_delete(*, actor: User, item: MailItem) -> MailItem | None:
 def folder_expunge(*, actor: User, folder: Folder) -> int:
     """Remove every message flagged \\Deleted from the folder; returns how many."""
     mailbox_access_record(actor=actor, mailbox=folder.mailbox, action="expunge")
-    return _remove_items(MailItem.objects.filter(folder=folder, deleted=True))
+    return remove_mail_items(MailItem.objects.filter(folder=folder, deleted=True))
 
 
-def _remove_items(items) -> int:
-    """Delete items, give their bytes back to the quota, and drop messages no mailbox
-    holds any more. Their blobs go with the orphan sweep, after its grace period, so a
+def remove_mail_items(items: QuerySet[MailItem]) -> int:
+    """Delete mail items, give their bytes back to the quota, and drop messages no
+    mailbox holds any more. Their blobs go with the orphan sweep, after its grace period, so a
     concurrent delivery of identical content can never lose its blob."""
     rows = list(items.select_for_update().values("id", "mailbox_id", "message_id", "size"))
     if not rows:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
@@ -349,7 +350,9 @@ def _prepare(message: Message) -> DeliveryContext | None:
         context = DeliveryContext(message=message, raw=raw, parsed=parse_message(raw))
         for stage in _stages():
             stage(context)
-    except Exception as exc:
+    except SoftTimeLimitExceeded:
+        raise  # the task is out of time: stop; the lease expires and the sweep retries
+    except Exception as exc:  # one bad message must not block the batch
         logger.exception("delivery stages failed for message %s", message.queue_id)
         _record_failure(message, f"{type(exc).__name__}: {exc}")
         return None
@@ -400,7 +403,9 @@ def message_deliver(*, message_id: int) -> bool:
         try:
             with transaction.atomic():
                 _commit_delivery(context)
-        except Exception as exc:
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # one bad message must not strand its batch-mates
             logger.exception("filing message %s failed", context.message.queue_id)
             _record_failure(context.message, f"{type(exc).__name__}: {exc}")
             continue

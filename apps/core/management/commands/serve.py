@@ -37,9 +37,12 @@ class Command(BaseCommand):
         if not wanted:
             raise CommandError("no roles selected")
 
+        created = None
+        # Only the process that migrates sets up the first superadmin: with several
+        # processes starting together (smtpd, extra web roles) exactly one prints it.
         if not options["skip_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
-        created = superuser_ensure_initial()
+            created = superuser_ensure_initial()
         if created is not None and created.generated_password:
             # Printed once, on stdout, never logged: the password exists nowhere else.
             self.stdout.write(
