@@ -191,7 +191,7 @@ def test_browser_reads_hostile_mail_safely_and_loads_remote_images_only_on_reque
     )
 
     bar = page.locator("#remote-bar")
-    assert "1 remote image blocked" in bar.inner_text()
+    assert "2 remote images blocked" in bar.inner_text()  # the tracker and the relative "x"
     status, detail = api(served, "GET", f"/api/v1/messages/{item['id']}/", token=delivered["token"])
     [attachment] = detail["attachments"]
     link = page.get_by_role("link", name="numbers.csv")
