@@ -41,6 +41,7 @@ A3_BLOB_STORE = env_str("A3_BLOB_STORE", "apps.mailboxes.blobstore.LocalBlobStor
 A3_SMTP_MAX_RECIPIENTS = env_int("A3_SMTP_MAX_RECIPIENTS", 100, minimum=1)
 A3_SMTP_TIMEOUT_SECONDS = env_int("A3_SMTP_TIMEOUT_SECONDS", 300, minimum=5)
 A3_SMTP_MAX_CONNECTIONS_PER_IP = env_int("A3_SMTP_MAX_CONNECTIONS_PER_IP", 20, minimum=1)
+A3_SMTP_MAX_CONNECTIONS = env_int("A3_SMTP_MAX_CONNECTIONS", 1000, minimum=1)
 A3_SMTP_MAX_ERRORS = env_int("A3_SMTP_MAX_ERRORS", 10, minimum=1)
 # Seconds a received message may wait for delivery before the sweep re-enqueues it.
 A3_DELIVERY_SWEEP_AFTER_SECONDS = env_int("A3_DELIVERY_SWEEP_AFTER_SECONDS", 60, minimum=1)

@@ -8,7 +8,7 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
@@ -158,6 +158,18 @@ def user_update(
         _validate_password(password, user=user)
         user.set_password(password)
     user.save()
+    if password:
+        # A new password is a fresh start: credentials derived from the old one go.
+        revoked = ApiToken.objects.usable().filter(user=user).update(revoked_at=timezone.now())
+        if revoked:
+            auth_event_record(
+                kind=AuthEvent.Kind.TOKEN_REVOKED,
+                client=ClientInfo(),
+                user=user,
+                channel="api",
+                reason="password changed",
+                count=revoked,
+            )
     if became_admin:
         _alert_admin_granted(user=user, actor=actor)
     return user
@@ -345,10 +357,12 @@ def api_token_create(
     name: str,
     expires_in_days: int | None = None,
     client: ClientInfo | None = None,
+    not_after: datetime | None = None,
 ) -> IssuedToken:
     """Issue a bearer token. Only its SHA-256 is stored; the caller shows the secret once.
 
-    `expires_in_days=None` uses the configured default; 0 means no expiry.
+    `expires_in_days=None` uses the configured default; 0 means no expiry. `not_after`
+    caps the expiry (a token made with another token never outlives it).
     """
     name = (name or "").strip() or "API token"
     if len(name) > 100:
@@ -366,7 +380,7 @@ def api_token_create(
         name=name,
         prefix=prefix,
         key_hash=_token_hash(secret),
-        expires_at=timezone.now() + timedelta(days=days) if days else None,
+        expires_at=_capped_expiry(timezone.now() + timedelta(days=days) if days else None, not_after),
     )
     auth_event_record(
         kind=AuthEvent.Kind.TOKEN_CREATED,
@@ -377,6 +391,12 @@ def api_token_create(
         name=name,
     )
     return IssuedToken(token=token, secret=secret)
+
+
+def _capped_expiry(expires_at: datetime | None, not_after: datetime | None) -> datetime | None:
+    if not_after is None:
+        return expires_at
+    return not_after if expires_at is None else min(expires_at, not_after)
 
 
 def api_token_authenticate(secret: str) -> tuple[User, ApiToken] | None:

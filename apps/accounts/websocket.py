@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import WebsocketDenier
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.http.request import validate_host
 
 from apps.accounts import services
 
 
-class NonBrowserTolerantOriginValidator(OriginValidator):
-    """Reject cross-site browser handshakes (CSWSH); allow clients that send no Origin.
+class SameOriginWebSocketGuard:
+    """Refuse cross-site browser handshakes (cross-site WebSocket hijacking).
 
-    Browsers always send Origin, so a missing one means a script or CLI, which can only
-    authenticate with a bearer token: the session cookie is ignored without a valid Origin.
+    A browser always sends Origin; it must name exactly the host and port the handshake
+    was sent to (the Host header), and that host must be one we serve (ALLOWED_HOSTS).
+    Clients that send no Origin are scripts: they can only authenticate with a bearer
+    token, because the session cookie is ignored without an Origin.
     """
 
-    def valid_origin(self, parsed_origin) -> bool:
-        return parsed_origin is None or super().valid_origin(parsed_origin)
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and not self._allowed(dict(scope.get("headers", []))):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    def _allowed(headers: dict[bytes, bytes]) -> bool:
+        origin = headers.get(b"origin")
+        if origin is None:
+            return True
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        parsed = urlsplit(origin.decode("latin-1").strip().lower())
+        if parsed.scheme not in {"http", "https"} or not host or parsed.netloc != host:
+            return False
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return validate_host(hostname, settings.ALLOWED_HOSTS)
 
 
 def websocket_origin_guard(app):
-    hosts = list(settings.ALLOWED_HOSTS) or ["localhost", "127.0.0.1", "[::1]"]
-    return NonBrowserTolerantOriginValidator(app, hosts)
+    return SameOriginWebSocketGuard(app)
 
 
 @database_sync_to_async
@@ -49,6 +70,6 @@ class WebSocketAuthMiddleware:
             scope = dict(scope, user=await _user_for_bearer(auth[1].decode("ascii", "replace")))
             return await self.inner(scope, receive, send)
         if b"origin" not in headers:
-            # No browser, so no cookie auth (see NonBrowserTolerantOriginValidator).
+            # No browser, so no cookie auth (see SameOriginWebSocketGuard).
             return await self.inner(dict(scope, user=AnonymousUser()), receive, send)
         return await self.session_auth(scope, receive, send)

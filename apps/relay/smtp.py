@@ -9,6 +9,7 @@ only after `messages_accept` has made the message durable.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import weakref
@@ -67,6 +68,21 @@ _ENHANCED_DEFAULTS = {
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}\b")
 
 
+def client_bucket(address: str) -> str:
+    """The unit the per-client connection cap counts: an IPv4 address, or an IPv6 /64
+    (one customer network; counting single IPv6 addresses would make the cap useless)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+
 def with_enhanced_code(status: str) -> str:
     code, sep, text = status[:3], status[3:4], status[4:]
     if _HAS_ENHANCED.match(status) or code not in _ENHANCED_DEFAULTS or sep not in {" ", "-"}:
@@ -117,7 +133,12 @@ class HardenedSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._counted_ip is None and self.transport is None:
             peer = transport.get_extra_info("peername")
-            ip = peer[0] if peer else "?"
+            ip = client_bucket(peer[0] if peer else "?")
+            if sum(self.connections_per_ip.values()) >= settings.A3_SMTP_MAX_CONNECTIONS:
+                SMTP_CONNECTIONS.labels(outcome="refused_total").inc()
+                transport.write(b"421 4.3.2 Too many connections, try again later\r\n")
+                transport.close()
+                return
             if self.connections_per_ip[ip] >= self.max_per_ip:
                 SMTP_CONNECTIONS.labels(outcome="refused_per_ip").inc()
                 transport.write(b"421 4.7.0 Too many connections from your address, try later\r\n")

@@ -561,3 +561,15 @@ def test_list_endpoints_query_count_does_not_grow_with_rows(
 
     assert response.status_code == 200
     assert response.json()["count"] >= 15
+
+
+@pytest.mark.django_db
+def test_token_made_with_a_token_does_not_outlive_its_parent():
+    user = UserFactory()
+    parent = services.api_token_create(user=user, name="parent", expires_in_days=3)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {parent.secret}")
+    response = client.post("/api/v1/auth/tokens/", {"name": "child", "expires_in_days": 0}, format="json")
+    assert response.status_code == 201
+    child = ApiToken.objects.get(pk=response.json()["id"])
+    assert child.expires_at == parent.token.expires_at

@@ -712,3 +712,21 @@ def test_superuser_ensure_initial_replaces_an_inactive_superadmin():
     created = services.superuser_ensure_initial()
     assert created is not None and created.user.is_superadmin
     assert Alert.objects.filter(kind="accounts.admin_created", data__email=created.user.email).exists()
+
+
+def test_user_update_password_change_revokes_api_tokens():
+    user = UserFactory()
+    issued = services.api_token_create(user=user, name="script")
+    assert services.api_token_authenticate(issued.secret) is not None
+    services.user_update(actor=user, user=user, password="a-brand-new-long-password")
+    assert services.api_token_authenticate(issued.secret) is None
+    issued.token.refresh_from_db()
+    assert issued.token.revoked_at is not None
+
+
+def test_api_token_create_never_outlives_not_after():
+    user = UserFactory()
+    limit = timezone.now() + timedelta(days=2)
+    forever = services.api_token_create(user=user, name="child", expires_in_days=0, not_after=limit)
+    longer = services.api_token_create(user=user, name="child2", expires_in_days=30, not_after=limit)
+    assert forever.token.expires_at == limit and longer.token.expires_at == limit

@@ -21,6 +21,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 WS_PATH = "/ws/alerts/"
 GOOD_ORIGIN = b"http://localhost"
+# Browsers send Host with every handshake; the origin guard compares Origin with it.
+BROWSER_HOST = [(b"host", b"localhost")]
+
 EVIL_ORIGIN = b"https://evil.example"
 
 
@@ -69,7 +72,7 @@ async def refusal_code(communicator):
 
 @asynccontextmanager
 async def feed(*headers):
-    communicator = WebsocketCommunicator(application, WS_PATH, headers=list(headers))
+    communicator = WebsocketCommunicator(application, WS_PATH, headers=BROWSER_HOST + list(headers))
     connected, _ = await communicator.connect(timeout=5)
     assert connected
     assert await communicator.receive_nothing(timeout=0.2)  # still open: not a delayed refusal
@@ -125,7 +128,9 @@ async def test_alert_feed_answers_ping(superadmin):
 
 
 async def test_alert_feed_rejects_unauthenticated_with_4401(db):
-    communicator = WebsocketCommunicator(application, WS_PATH, headers=[(b"origin", GOOD_ORIGIN)])
+    communicator = WebsocketCommunicator(
+        application, WS_PATH, headers=[*BROWSER_HOST, (b"origin", GOOD_ORIGIN)]
+    )
 
     assert await refusal_code(communicator) == 4401
 
@@ -136,7 +141,9 @@ async def test_alert_feed_rejects_unauthenticated_with_4401(db):
     ids=["garbage", "unknown", "non-ascii"],
 )
 async def test_alert_feed_rejects_invalid_bearer_with_4401(db, header):
-    communicator = WebsocketCommunicator(application, WS_PATH, headers=[(b"authorization", header)])
+    communicator = WebsocketCommunicator(
+        application, WS_PATH, headers=[*BROWSER_HOST, (b"authorization", header)]
+    )
 
     assert await refusal_code(communicator) == 4401
 
@@ -146,7 +153,10 @@ async def test_alert_feed_rejects_revoked_bearer_with_4401(superadmin):
     await database_sync_to_async(account_services.api_token_revoke)(actor=superadmin, token=issued.token)
     headers = [(b"authorization", f"Bearer {issued.secret}".encode())]
 
-    assert await refusal_code(WebsocketCommunicator(application, WS_PATH, headers=headers)) == 4401
+    assert (
+        await refusal_code(WebsocketCommunicator(application, WS_PATH, headers=BROWSER_HOST + headers))
+        == 4401
+    )
 
 
 @pytest.mark.parametrize("via", ["bearer", "session"])
@@ -156,12 +166,17 @@ async def test_alert_feed_rejects_mailbox_user_with_4403(user_a, via):
     else:
         headers = [await session_cookie_header(user_a), (b"origin", GOOD_ORIGIN)]
 
-    assert await refusal_code(WebsocketCommunicator(application, WS_PATH, headers=headers)) == 4403
+    assert (
+        await refusal_code(WebsocketCommunicator(application, WS_PATH, headers=BROWSER_HOST + headers))
+        == 4403
+    )
 
 
 async def test_alert_feed_rejects_session_cookie_with_foreign_origin(superadmin):
     cookie = await session_cookie_header(superadmin)
-    communicator = WebsocketCommunicator(application, WS_PATH, headers=[cookie, (b"origin", EVIL_ORIGIN)])
+    communicator = WebsocketCommunicator(
+        application, WS_PATH, headers=[*BROWSER_HOST, cookie, (b"origin", EVIL_ORIGIN)]
+    )
 
     try:
         connected, _ = await communicator.connect(timeout=5)
@@ -174,7 +189,10 @@ async def test_alert_feed_rejects_session_cookie_with_foreign_origin(superadmin)
 async def test_alert_feed_ignores_session_cookie_without_origin(superadmin):
     cookie = await session_cookie_header(superadmin)
 
-    assert await refusal_code(WebsocketCommunicator(application, WS_PATH, headers=[cookie])) == 4401
+    assert (
+        await refusal_code(WebsocketCommunicator(application, WS_PATH, headers=[*BROWSER_HOST, cookie]))
+        == 4401
+    )
 
 
 async def test_alert_feed_gives_domain_admin_only_own_domain_alerts(admin_a, domain_a, domain_b):

@@ -80,11 +80,14 @@ class ApiTokenViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
     @extend_schema(request=TokenCreateInputSerializer, responses={201: TokenIssuedOutputSerializer})
     def create(self, request: Request) -> Response:
         data = TokenCreateInputSerializer.validated(request.data)
+        parent = request.auth if isinstance(request.auth, ApiToken) else None
         issued = services.api_token_create(
             user=request.user,
             name=data["name"],
             expires_in_days=data.get("expires_in_days"),
             client=services.ClientInfo.from_request(request),
+            # A token made with a token never outlives it; a session is not capped.
+            not_after=parent.expires_at if parent is not None else None,
         )
         return Response(_issued(issued), status=201)
 
