@@ -82,7 +82,6 @@ def client_bucket(address: str) -> str:
     return str(ip)
 
 
-
 def with_enhanced_code(status: str) -> str:
     code, sep, text = status[:3], status[3:4], status[4:]
     if _HAS_ENHANCED.match(status) or code not in _ENHANCED_DEFAULTS or sep not in {" ", "-"}:
