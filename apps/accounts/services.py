@@ -56,12 +56,14 @@ class ClientInfo:
 # --- Users -----------------------------------------------------------------------------
 
 
-def _validate_password(password: str, *, user: User | None = None) -> None:
+def password_validate(password: str, *, user: User | None = None, field_name: str = "password") -> None:
+    """Raise ApplicationError (code weak_password) unless the password passes the
+    configured validators. Shared by web passwords and mail-protocol passwords."""
     try:
         password_validation.validate_password(password, user=user)
     except ValidationError as exc:
         raise ApplicationError(
-            "The password is too weak.", code="weak_password", fields={"password": exc.messages}
+            "The password is too weak.", code="weak_password", fields={field_name: exc.messages}
         ) from None
 
 
@@ -97,7 +99,7 @@ def user_create(
     user = User(email=email, role=role, full_name=full_name, is_superuser=role == User.Role.SUPERADMIN)
     if password:
         if validate_password:
-            _validate_password(password, user=user)
+            password_validate(password, user=user)
         user.set_password(password)
     else:
         user.set_unusable_password()
@@ -155,7 +157,7 @@ def user_update(
     if is_active is not None:
         user.is_active = is_active
     if password:
-        _validate_password(password, user=user)
+        password_validate(password, user=user)
         user.set_password(password)
     user.save()
     if password:

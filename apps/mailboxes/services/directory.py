@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.contrib.auth import password_validation
 from django.contrib.auth.hashers import make_password
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 
@@ -83,20 +81,34 @@ def _address_taken(address: str, *, exclude_alias: Alias | None = None) -> str |
     return None
 
 
+def _require_address_free(address: Address) -> None:
+    taken = _address_taken(address.value)
+    if taken:
+        raise ConflictError(
+            f"{address.display} is already used by {taken}.",
+            code="duplicate",
+            fields={"address": [f"Already used by {taken}."]},
+        )
+
+
+def _lock_domain_with_room(domain: Domain, *, kind: str) -> Domain:
+    """Lock the domain row, so concurrent creates cannot both slip under its limit, and
+    check there is room for one more of `kind` ("mailboxes" or "aliases")."""
+    domain = Domain.objects.select_for_update().get(pk=domain.pk)
+    limit = domain.max_mailboxes if kind == "mailboxes" else domain.max_aliases
+    if limit and getattr(domain, kind).count() >= limit:
+        raise ConflictError(
+            f"{domain.name_unicode} already has its maximum of {limit} {kind}.",
+            code="domain_limit_reached",
+        )
+    return domain
+
+
 def _check_quota(value: int | None, *, field_name: str = "quota_bytes") -> None:
     if value is not None and value < 0:
         raise ApplicationError(
             "Quota cannot be negative.", fields={field_name: ["Must be 0 (no limit) or more."]}
         )
-
-
-def _validate_mail_password(password: str, *, field_name: str = "password") -> None:
-    try:
-        password_validation.validate_password(password)
-    except ValidationError as exc:
-        raise ApplicationError(
-            "The password is too weak.", code="weak_password", fields={field_name: exc.messages}
-        ) from None
 
 
 # --- Domains ---------------------------------------------------------------------------
@@ -253,22 +265,10 @@ def mailbox_create(
     """
     parsed = parse_address(address)
     domain = _local_domain_for(parsed, actor=actor, field_name="address")
-    # Lock the domain row so concurrent creates cannot both slip under the limit.
-    domain = Domain.objects.select_for_update().get(pk=domain.pk)
-    if domain.max_mailboxes and domain.mailboxes.count() >= domain.max_mailboxes:
-        raise ConflictError(
-            f"{domain.name_unicode} already has its maximum of {domain.max_mailboxes} mailboxes.",
-            code="domain_limit_reached",
-        )
-    taken = _address_taken(parsed.value)
-    if taken:
-        raise ConflictError(
-            f"{parsed.display} is already used by {taken}.",
-            code="duplicate",
-            fields={"address": [f"Already used by {taken}."]},
-        )
+    domain = _lock_domain_with_room(domain, kind="mailboxes")
+    _require_address_free(parsed)
     _check_quota(quota_bytes)
-    _validate_mail_password(password)
+    account_services.password_validate(password)
 
     owner = _mailbox_owner(actor=actor, address=parsed, owner_email=owner_email, password=password)
 
@@ -316,7 +316,7 @@ def mailbox_update(
     _check_quota(quota_bytes)
     was_active = mailbox.is_active
     if password:
-        _validate_mail_password(password)
+        account_services.password_validate(password)
         mailbox.password = make_password(password)
     if quota_bytes is not None:
         mailbox.quota_bytes = quota_bytes
@@ -557,19 +557,8 @@ def alias_create(
     """Create an alias or, with `@domain`, the domain's catch-all."""
     parsed = parse_address(address, allow_catch_all=True)
     domain = _local_domain_for(parsed, actor=actor, field_name="address")
-    domain = Domain.objects.select_for_update().get(pk=domain.pk)
-    if domain.max_aliases and domain.aliases.count() >= domain.max_aliases:
-        raise ConflictError(
-            f"{domain.name_unicode} already has its maximum of {domain.max_aliases} aliases.",
-            code="domain_limit_reached",
-        )
-    taken = _address_taken(parsed.value)
-    if taken:
-        raise ConflictError(
-            f"{parsed.display} is already used by {taken}.",
-            code="duplicate",
-            fields={"address": [f"Already used by {taken}."]},
-        )
+    domain = _lock_domain_with_room(domain, kind="aliases")
+    _require_address_free(parsed)
     values = _normalize_destinations(destinations, alias_address=parsed.value)
     _check_no_loop(parsed.value, values)
     alias = Alias.objects.create(

@@ -33,6 +33,7 @@ from apps.mailboxes.models import (
 )
 from apps.mailboxes.parsing import ParsedMessage, parse_message, search_text
 from apps.mailboxes.search import index_message
+from apps.mailboxes.services.directory import MAX_ALIAS_DEPTH
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ __all__ = [
     "new_queue_id",
     "recipient_check",
 ]
-
-MAX_EXPANSION_DEPTH = 16
 
 
 # --- Recipient policy (RCPT) -----------------------------------------------------------
@@ -215,7 +214,7 @@ def _expand(address: str, *, depth: int = 0, seen: set[str] | None = None) -> tu
     """Mailbox ids that `address` delivers to (aliases and catch-all followed), and a
     reason when it delivers nowhere."""
     seen = set() if seen is None else seen
-    if address in seen or depth > MAX_EXPANSION_DEPTH:
+    if address in seen or depth > MAX_ALIAS_DEPTH:
         return set(), "alias loop or chain too deep"
     seen.add(address)
     mailbox = Mailbox.objects.filter(address=address).values("id", "is_active").first()
