@@ -17,6 +17,7 @@ from apps.accounts.exceptions import AuthenticationFailed
 from apps.accounts.forms import LoginForm, TokenCreateForm, UserCreateForm, UserUpdateForm
 from apps.core.exceptions import ApplicationError
 from apps.core.forms import apply_application_error
+from apps.core.htmx import htmx_partial
 from apps.core.permissions import superadmin_required
 
 
@@ -106,11 +107,7 @@ def user_list_view(request: HttpRequest) -> HttpResponse:
     if query:
         users = users.filter(email__icontains=query)
     page = Paginator(users, 25).get_page(request.GET.get("page"))
-    template = (
-        "accounts/partials/user_table.html"
-        if request.htmx and not request.htmx.boosted
-        else "accounts/user_list.html"
-    )
+    template = "accounts/partials/user_table.html" if htmx_partial(request) else "accounts/user_list.html"
     return render(request, template, {"page": page, "q": query})
 
 

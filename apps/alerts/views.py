@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 
 from apps.alerts import selectors, services
 from apps.alerts.models import Alert
+from apps.core.htmx import htmx_partial
 from apps.core.permissions import admin_required
 
 
@@ -17,8 +18,7 @@ def alert_list_view(request: HttpRequest) -> HttpResponse:
     if level in Alert.Level.values:
         alerts = alerts.filter(level=level)
     page = Paginator(alerts, 50).get_page(request.GET.get("page"))
-    partial = request.htmx and not request.htmx.boosted
-    template = "alerts/partials/alert_table.html" if partial else "alerts/alert_list.html"
+    template = "alerts/partials/alert_table.html" if htmx_partial(request) else "alerts/alert_list.html"
     return render(request, template, {"page": page, "level": level, "levels": Alert.Level.choices})
 
 

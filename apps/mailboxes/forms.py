@@ -1,7 +1,5 @@
 from django import forms
 
-GIB = 1024**3
-
 
 def _lines(value: str) -> list[str]:
     return [part.strip() for chunk in value.splitlines() for part in chunk.split(",") if part.strip()]

@@ -211,10 +211,6 @@ def _content_missing(item: MailItem) -> NotFoundError:
     return NotFoundError("The stored content of this message is missing.", code="content_missing")
 
 
-def _stored_bytes(item: MailItem) -> bytes:
-    return mail_item_raw(item=item)
-
-
 def mail_item_open_raw(*, item: MailItem) -> BinaryIO:
     """The exact stored bytes as an open binary file (the caller closes it), for
     streaming. Raises NotFoundError (code content_missing) if the blob is gone."""
@@ -229,7 +225,7 @@ def mail_item_content(*, item: MailItem, allow_remote_images: bool = False) -> M
     filed message. No script survives the HTML sanitiser; remote images only when
     allowed. Reads, never marks the message seen. Raises NotFoundError if the stored
     bytes are missing."""
-    raw = _stored_bytes(item)
+    raw = mail_item_raw(item=item)
     parsed = parse_message(raw)
     sanitized = (
         sanitize_html(parsed.html, allow_remote_images=allow_remote_images)
@@ -272,7 +268,7 @@ def mail_item_attachment(*, item: MailItem, index: int | str) -> MessageAttachme
         position = int(index)
     except (TypeError, ValueError):
         raise NotFoundError("No such attachment.") from None
-    raw = _stored_bytes(item)
+    raw = mail_item_raw(item=item)
     if position not in {info.index for info in parse_message(raw).attachments}:
         raise NotFoundError("No such attachment.")
     found = attachment_of(raw, position)

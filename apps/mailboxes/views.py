@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from apps.core.exceptions import ApplicationError
 from apps.core.forms import apply_application_error
+from apps.core.htmx import htmx_partial
 from apps.core.permissions import admin_required, superadmin_required
 from apps.mailboxes import selectors, services
 from apps.mailboxes.forms import (
@@ -29,10 +30,6 @@ from apps.mailboxes.forms import (
 )
 
 PAGE_SIZE = 25
-
-
-def _is_partial(request: HttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted
 
 
 def _list_page(
@@ -53,7 +50,7 @@ def _list_page(
         queryset = queryset.filter(condition).distinct()
     page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"page": page, "q": query, **(extra or {})}
-    return render(request, partial if _is_partial(request) else template, context)
+    return render(request, partial if htmx_partial(request) else template, context)
 
 
 def _report_message(report: services.DeletionReport) -> str:
@@ -192,7 +189,7 @@ def mailbox_edit_view(request: HttpRequest, mailbox_id: int) -> HttpResponse:
         "is_active": mailbox.is_active,
     }
     form = MailboxUpdateForm(request.POST or None, initial=initial)
-    inline = _is_partial(request)
+    inline = htmx_partial(request)
     if request.method == "POST" and form.is_valid():
         try:
             mailbox = services.mailbox_update(actor=request.user, mailbox=mailbox, **form.service_kwargs())
@@ -223,7 +220,7 @@ def mailbox_toggle_view(request: HttpRequest, mailbox_id: int) -> HttpResponse:
         mailbox = services.mailbox_disable(actor=request.user, mailbox=mailbox)
     else:
         mailbox = services.mailbox_enable(actor=request.user, mailbox=mailbox)
-    if _is_partial(request):
+    if htmx_partial(request):
         return render(request, "mailboxes/partials/mailbox_row.html", {"mailbox": mailbox})
     state = "enabled" if mailbox.is_active else "disabled"
     messages.success(request, f"Mailbox {mailbox.address_display} {state}.")

@@ -22,6 +22,7 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
+from apps.core.htmx import htmx_partial
 from apps.mailboxes import selectors, services
 from apps.mailboxes.models import MailItem
 
@@ -60,10 +61,6 @@ class MoveForm(forms.Form):
     folder = forms.CharField(max_length=255)
 
 
-def _is_partial(request: HttpRequest) -> bool:
-    return bool(request.htmx) and not request.htmx.boosted
-
-
 def _folder_url(item: MailItem | None = None, *, mailbox_id: int | None = None, folder: str = "") -> str:
     mailbox_id = item.mailbox_id if item is not None else mailbox_id
     folder = item.folder.name if item is not None else folder
@@ -74,7 +71,7 @@ def _folder_url(item: MailItem | None = None, *, mailbox_id: int | None = None, 
 def _done(request: HttpRequest, url: str, message: str) -> HttpResponse:
     """After a change that takes the message out of view: go to `url` with a flash."""
     messages.success(request, message)
-    if _is_partial(request):
+    if htmx_partial(request):
         return HttpResponseClientRedirect(url)
     return redirect(url)
 
@@ -98,7 +95,7 @@ def webmail_index_view(request: HttpRequest) -> HttpResponse:
     context = {"page": page, "q": query}
     template = (
         "mailboxes/webmail/partials/mailbox_table.html"
-        if _is_partial(request)
+        if htmx_partial(request)
         else "mailboxes/webmail/index.html"
     )
     return render(request, template, context)
@@ -127,7 +124,7 @@ def webmail_mailbox_view(request: HttpRequest, mailbox_id: int) -> HttpResponse:
         "show": show if show in SHOW_CHOICES else "",
         "hidden": {"folder": folder.name, **({"show": show} if show in SHOW_CHOICES else {})},
     }
-    if _is_partial(request):
+    if htmx_partial(request):
         return render(request, "mailboxes/webmail/partials/message_list.html", context)
     context["folders"] = selectors.folder_list(actor=request.user, mailbox=mailbox)
     return render(request, "mailboxes/webmail/mailbox.html", context)
@@ -158,7 +155,7 @@ def webmail_message_view(request: HttpRequest, item_id: int) -> HttpResponse:
         "folders": selectors.folder_list(actor=request.user, mailbox=item.mailbox),
         "back_url": _folder_url(item),
     }
-    if _is_partial(request):
+    if htmx_partial(request):
         return render(request, "mailboxes/webmail/partials/message_pane.html", context)
     return render(request, "mailboxes/webmail/message.html", context)
 
@@ -199,7 +196,7 @@ def webmail_message_flags_view(request: HttpRequest, item_id: int) -> HttpRespon
         return HttpResponse("Bad flags.", status=400, content_type="text/plain")
     changes = {name: value for name, value in form.cleaned_data.items() if value is not None}
     item = services.mail_item_set_flags(actor=request.user, item=item, **changes)
-    if _is_partial(request):
+    if htmx_partial(request):
         folders = selectors.folder_list(actor=request.user, mailbox=item.mailbox)
         return render(
             request, "mailboxes/webmail/partials/message_actions.html", {"item": item, "folders": folders}

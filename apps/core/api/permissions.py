@@ -15,12 +15,6 @@ class IsAdminRole(BasePermission):
         return bool(user and user.is_authenticated and user.is_admin)
 
 
-class IsSuperadmin(BasePermission):
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.is_superadmin)
-
-
 class ReadOnlyOrAdminRole(BasePermission):
     """Anyone signed in may read (scoped by selectors); only admins may write."""
 

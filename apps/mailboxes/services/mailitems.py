@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, QuerySet
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
@@ -20,7 +20,6 @@ __all__ = [
     "mail_item_move",
     "mail_item_set_flags",
     "mailbox_access_record",
-    "mailbox_recalculate_usage",
     "remove_mail_items",
 ]
 
@@ -144,10 +143,3 @@ def remove_mail_items(items: QuerySet[MailItem]) -> int:
         Message.objects.filter(pk__in=unheld).delete()
         unindex_messages(unheld)
     return len(rows)
-
-
-def mailbox_recalculate_usage(*, mailbox: Mailbox) -> int:
-    """Set used_bytes from the mail actually filed; returns the new value."""
-    used = MailItem.objects.filter(mailbox=mailbox).aggregate(total=Sum("size"))["total"] or 0
-    Mailbox.objects.filter(pk=mailbox.pk).update(used_bytes=used)
-    return used
