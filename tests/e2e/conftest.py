@@ -200,3 +200,30 @@ def admin_token(server: Server) -> str:
     )
     assert status == 201, body
     return body["token"]
+
+
+# --- Headless Chromium (Debian's, driven by Playwright; never a downloaded browser) ---
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a closed network and a root user (see the machine notes in the README).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
