@@ -51,6 +51,45 @@ A3_DELIVERY_STAGES = ["apps.mailboxes.services.messages.expand_recipients"]
 # Messages a delivery pass may take at once (its own plus others already waiting).
 A3_DELIVERY_BATCH = env_int("A3_DELIVERY_BATCH", 10, minimum=1)
 
+# --- Submission and outbound relay (docs/relay.md) ------------------------------------------
+# Implicit-TLS submission (port 465 style); off unless set.
+A3_SUBMISSIONS_LISTEN = (
+    parse_listen("A3_SUBMISSIONS_LISTEN", "") if env_str("A3_SUBMISSIONS_LISTEN") else None
+)
+# Received headers of authenticated mail leave out the client's address (privacy).
+A3_SUBMISSION_HIDE_CLIENT_IP = env_bool("A3_SUBMISSION_HIDE_CLIENT_IP", True)
+# Send everything to one host ("host:port") instead of the recipients' MX hosts.
+A3_SMARTHOST = env_str("A3_SMARTHOST")
+A3_SMARTHOST_USERNAME = env_str("A3_SMARTHOST_USERNAME")
+A3_SMARTHOST_PASSWORD = env_secret("A3_SMARTHOST_PASSWORD")
+A3_SMARTHOST_TLS = env_str("A3_SMARTHOST_TLS", "opportunistic")
+# DNS servers ("ip" or "ip:port", comma-separated) instead of the system's: split-horizon
+# sites and tests.
+A3_DNS_NAMESERVERS = env_list("A3_DNS_NAMESERVERS", [])
+A3_DNS_TIMEOUT_SECONDS = env_int("A3_DNS_TIMEOUT_SECONDS", 10, minimum=1)
+# Retries: exponential backoff from the minimum, capped, until the maximum age; then bounce.
+A3_RELAY_RETRY_MIN_SECONDS = env_int("A3_RELAY_RETRY_MIN_SECONDS", 300, minimum=1)
+A3_RELAY_RETRY_MAX_SECONDS = env_int("A3_RELAY_RETRY_MAX_SECONDS", 4 * 3600, minimum=1)
+A3_RELAY_MAX_AGE_SECONDS = env_int("A3_RELAY_MAX_AGE_SECONDS", 5 * 86400, minimum=60)
+A3_RELAY_DELAY_WARNING_SECONDS = env_int("A3_RELAY_DELAY_WARNING_SECONDS", 4 * 3600, minimum=0)
+A3_RELAY_CONNECT_TIMEOUT_SECONDS = env_int("A3_RELAY_CONNECT_TIMEOUT_SECONDS", 30, minimum=1)
+A3_RELAY_COMMAND_TIMEOUT_SECONDS = env_int("A3_RELAY_COMMAND_TIMEOUT_SECONDS", 300, minimum=1)
+A3_RELAY_DESTINATION_CONCURRENCY = env_int("A3_RELAY_DESTINATION_CONCURRENCY", 5, minimum=1)
+A3_RELAY_BATCH = env_int("A3_RELAY_BATCH", 20, minimum=1)
+# Seconds a queued item may wait without a worker before the sweep re-enqueues it.
+A3_RELAY_SWEEP_AFTER_SECONDS = env_int("A3_RELAY_SWEEP_AFTER_SECONDS", 60, minimum=1)
+# Alerts: items waiting in the queue, and a destination deferring for this long.
+A3_RELAY_QUEUE_ALERT_THRESHOLD = env_int("A3_RELAY_QUEUE_ALERT_THRESHOLD", 1000, minimum=1)
+A3_RELAY_DEFERRED_ALERT_SECONDS = env_int("A3_RELAY_DEFERRED_ALERT_SECONDS", 3600, minimum=60)
+# Sender Rewriting Scheme for forwards to external addresses.
+A3_SRS_DOMAIN = (env_str("A3_SRS_DOMAIN") or A3_HOSTNAME).strip().lower()
+A3_SRS_SECRET = env_secret("A3_SRS_SECRET")  # unset: derived from the secret key
+# Outbound rate limits per hour (per mailbox and per domain; both overridable per object).
+A3_RATE_MAILBOX_MESSAGES_PER_HOUR = env_int("A3_RATE_MAILBOX_MESSAGES_PER_HOUR", 500, minimum=1)
+A3_RATE_MAILBOX_RECIPIENTS_PER_HOUR = env_int("A3_RATE_MAILBOX_RECIPIENTS_PER_HOUR", 2000, minimum=1)
+A3_RATE_DOMAIN_MESSAGES_PER_HOUR = env_int("A3_RATE_DOMAIN_MESSAGES_PER_HOUR", 5000, minimum=1)
+A3_RATE_DOMAIN_RECIPIENTS_PER_HOUR = env_int("A3_RATE_DOMAIN_RECIPIENTS_PER_HOUR", 20000, minimum=1)
+
 A3_TLS_CERT = env_str("A3_TLS_CERT")
 
 A3_TLS_KEY = env_str("A3_TLS_KEY")

@@ -23,6 +23,9 @@ class Domain(TimeStampedModel):
     max_mailboxes = models.PositiveIntegerField(default=0, help_text="0 means no limit.")
     max_aliases = models.PositiveIntegerField(default=0, help_text="0 means no limit.")
     default_quota_bytes = models.PositiveBigIntegerField(default=GIB)
+    # Outbound limits for the whole domain; 0 means the server-wide default applies.
+    max_messages_per_hour = models.PositiveIntegerField(default=0, help_text="0 means the server default.")
+    max_recipients_per_hour = models.PositiveIntegerField(default=0, help_text="0 means the server default.")
     admins = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="administered_domains", blank=True)
 
     objects = DomainQuerySet.as_manager()
@@ -50,6 +53,12 @@ class Mailbox(TimeStampedModel):
     quota_bytes = models.PositiveBigIntegerField(help_text="0 means no limit.")
     used_bytes = models.PositiveBigIntegerField(default=0)
     is_active = models.BooleanField(default=True)
+    save_sent_copy = models.BooleanField(
+        default=True, help_text="File a copy of mail sent through submission into Sent."
+    )
+    # Outbound limits for this mailbox; 0 means the server-wide default applies.
+    max_messages_per_hour = models.PositiveIntegerField(default=0, help_text="0 means the server default.")
+    max_recipients_per_hour = models.PositiveIntegerField(default=0, help_text="0 means the server default.")
 
     objects = MailboxQuerySet.as_manager()
 
@@ -82,6 +91,8 @@ class Alias(TimeStampedModel):
     address = models.CharField(max_length=254, unique=True)
     description = models.CharField(max_length=255, blank=True)
     is_active = models.BooleanField(default=True)
+    # Mailboxes whose users may use this alias as their sender (MAIL FROM and From:).
+    send_as = models.ManyToManyField(Mailbox, related_name="send_as_aliases", blank=True)
 
     objects = AliasQuerySet.as_manager()
 
@@ -114,6 +125,30 @@ class AliasDestination(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias.address} -> {self.address}"
+
+
+class AppPassword(models.Model):
+    """A per-device password for a mailbox's mail protocols (SMTP AUTH), usable in place of
+    the mailbox password and revocable on its own. Only a hash of the secret is stored: it
+    is random and long, so a fast hash is enough and AUTH stays cheap."""
+
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="app_passwords")
+    name = models.CharField(max_length=100)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox.address}: {self.name}"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.revoked_at is None
 
 
 def _new_uidvalidity() -> int:
@@ -190,6 +225,11 @@ class Message(models.Model):
     leased_at = models.DateTimeField(null=True, blank=True)
     delivery_attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # Set for mail sent through authenticated submission: who sent it (rate limits, the
+    # queue's sender filter) and how they authenticated.
+    submitted_by = models.ForeignKey(
+        Mailbox, null=True, blank=True, on_delete=models.SET_NULL, related_name="submitted_messages"
+    )
 
     # Indexed metadata, best effort (malformed mail keeps what could be read).
     parsed = models.BooleanField(default=False)
@@ -204,7 +244,10 @@ class Message(models.Model):
     body_text = models.TextField(blank=True)  # plain text for search, truncated
 
     class Meta:
-        indexes = [models.Index(fields=["state", "received_at"], name="message_state_received")]
+        indexes = [
+            models.Index(fields=["state", "received_at"], name="message_state_received"),
+            models.Index(fields=["submitted_by", "received_at"], name="message_submitted_received"),
+        ]
 
     def __str__(self) -> str:
         return self.queue_id
@@ -222,6 +265,9 @@ class MessageRecipient(models.Model):
     address = models.CharField(max_length=254)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     detail = models.CharField(max_length=500, blank=True)
+    # Set for a copy filed straight into this mailbox's folder of that special use (the
+    # sender's Sent copy), without alias expansion.
+    folder = models.CharField(max_length=10, blank=True)
 
     class Meta:
         constraints = [
