@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.mailboxes.api.urls")),
     path("", include("apps.alerts.api.urls")),
+    path("", include("apps.relay.api.urls")),
 ]
 
 urlpatterns = [
@@ -28,6 +29,7 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("mail/", include("apps.mailboxes.urls")),
     path("alerts/", include("apps.alerts.urls")),
+    path("relay/", include("apps.relay.urls")),
     # One sign-in for everyone: the admin site's own login would bypass the auth record,
     # the failure alerts and (later) MFA.
     path(

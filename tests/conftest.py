@@ -76,3 +76,18 @@ def api_client_for():
         return client
 
     return make
+
+
+@pytest.fixture
+def dns_zone(settings):
+    """A local DNS server the code under test resolves through (A3_DNS_NAMESERVERS)."""
+    from tests.support.dnsserver import DnsServer, Zone
+
+    zone = Zone()
+    server = DnsServer(zone).start()
+    settings.A3_DNS_NAMESERVERS = [server.address]
+    settings.A3_DNS_TIMEOUT_SECONDS = 2
+    try:
+        yield zone
+    finally:
+        server.stop()

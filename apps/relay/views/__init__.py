@@ -1,0 +1,1 @@
+"""Dashboard pages of the relay: the queue, DKIM keys, transport rules."""
