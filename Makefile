@@ -14,7 +14,7 @@ help:
 	@echo "make lint     ruff check + ruff format --check"
 	@echo "make frontend rebuild static/ from frontend/ (needs npm)"
 	@echo "make schema   write the OpenAPI document to docs/openapi.yaml"
-	@echo "make bench    SMTP throughput vs a private Postfix (BENCH_ARGS='--messages 500 ...')"
+	@echo "make bench    SMTP receiving and relaying vs a private Postfix (BENCH_ARGS='--messages 500 --only outbound')"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,10 @@ frontend:
 schema: $(STAMP_DEV)
 	$(PY) manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
 
-# Prints figures and writes var/bench/latest.json; never fails on speed, only when a server
-# that is available could not be measured. May apt-get install postfix (the anchor).
+# Inbound (SMTP reception and local delivery) and outbound (submission relayed to a local
+# sink, with Postfix relaying the same load as the yardstick); `--only inbound|outbound` runs
+# one. Prints figures and writes var/bench/latest.json; never fails on speed, only when a
+# server that is available could not be measured. May apt-get install postfix (the anchor).
 bench: $(STAMP_DEV)
 	$(PY) manage.py bench_smtp $(BENCH_ARGS)
 

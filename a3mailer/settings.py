@@ -47,7 +47,11 @@ A3_SMTP_MAX_ERRORS = env_int("A3_SMTP_MAX_ERRORS", 10, minimum=1)
 A3_DELIVERY_SWEEP_AFTER_SECONDS = env_int("A3_DELIVERY_SWEEP_AFTER_SECONDS", 60, minimum=1)
 # Delivery pipeline: each stage gets a DeliveryContext (apps/mailboxes/services/messages.py).
 # The threat scanner adds its stage here.
-A3_DELIVERY_STAGES = ["apps.mailboxes.services.messages.expand_recipients"]
+A3_DELIVERY_STAGES = [
+    "apps.mailboxes.services.messages.expand_recipients",
+    "apps.relay.services.forwarding.queue_forwards",
+    "apps.relay.services.bounces.match_inbound_dsn",
+]
 # Messages a delivery pass may take at once (its own plus others already waiting).
 A3_DELIVERY_BATCH = env_int("A3_DELIVERY_BATCH", 10, minimum=1)
 
@@ -67,6 +71,8 @@ A3_SMARTHOST_TLS = env_str("A3_SMARTHOST_TLS", "opportunistic")
 # sites and tests.
 A3_DNS_NAMESERVERS = env_list("A3_DNS_NAMESERVERS", [])
 A3_DNS_TIMEOUT_SECONDS = env_int("A3_DNS_TIMEOUT_SECONDS", 10, minimum=1)
+# The port of remote MX hosts: 25 everywhere but in labs and tests.
+A3_RELAY_MX_PORT = env_int("A3_RELAY_MX_PORT", 25, minimum=1)
 # Retries: exponential backoff from the minimum, capped, until the maximum age; then bounce.
 A3_RELAY_RETRY_MIN_SECONDS = env_int("A3_RELAY_RETRY_MIN_SECONDS", 300, minimum=1)
 A3_RELAY_RETRY_MAX_SECONDS = env_int("A3_RELAY_RETRY_MAX_SECONDS", 4 * 3600, minimum=1)
@@ -123,6 +129,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.alerts",
     "apps.accounts",
+    "axes",
     "apps.mailboxes",
     "apps.relay",
 ]
@@ -259,7 +266,11 @@ AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "core:overview"
 LOGOUT_REDIRECT_URL = "accounts:login"
-AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = [
+    # Refuses a locked-out login name or address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {
@@ -275,6 +286,41 @@ DJANGO_SUPERUSER_PASSWORD = env_secret("DJANGO_SUPERUSER_PASSWORD")
 # Failed logins from one address or for one account within the window raise an alert.
 A3_LOGIN_FAILURE_ALERT_THRESHOLD = env_int("A3_LOGIN_FAILURE_ALERT_THRESHOLD", 5, minimum=1)
 A3_LOGIN_FAILURE_WINDOW_SECONDS = env_int("A3_LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
+
+# Brute-force lockout, one policy for web, API and SMTP AUTH (apps/accounts/lockout.py): after
+# this many failures for one login name, or from one address, that name or address is refused
+# for A3_LOCKOUT_SECONDS, doubled for each earlier lockout of it within 24 hours (at most 24 h).
+A3_LOCKOUT_FAILURES = env_int("A3_LOCKOUT_FAILURES", 5, minimum=1)
+A3_LOCKOUT_SECONDS = env_int("A3_LOCKOUT_SECONDS", 900, minimum=1)
+# django-axes keeps the counters in the database, so every process shares them.
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_VERBOSE = False  # no banner on every manage.py command
+AXES_FAILURE_LIMIT = A3_LOCKOUT_FAILURES
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_COOLOFF_TIME = "apps.accounts.lockout.lockout_window"
+# Counter rows expire one by one: a client with a short window never sweeps away the rows
+# that hold another client's longer lockout.
+AXES_USE_ATTEMPT_EXPIRATION = True
+# An attempt refused during a lockout is not counted, so the announced end time holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "apps.accounts.lockout.lockout_username"
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.lockout.lockout_client_ip"
+# AuthEvent is the sign-in record; axes' own access log would be a second, unpruned one.
+AXES_DISABLE_ACCESS_LOG = True
+# Masked in axes' log lines and in the request data it stores with a failure.
+AXES_SENSITIVE_PARAMETERS = [
+    "username",
+    "ip_address",
+    "email",
+    "password",
+    "otp",
+    "token",
+    "csrfmiddlewaretoken",
+]
+# The sign-in views answer a lockout themselves (generic message, 429, Retry-After), so
+# axes' response-rewriting middleware is not installed.
+SILENCED_SYSTEM_CHECKS = ["axes.W002"]
 A3_API_TOKEN_DEFAULT_DAYS = env_int("A3_API_TOKEN_DEFAULT_DAYS", 90, minimum=0)
 A3_ALERT_RETENTION_DAYS = env_int("A3_ALERT_RETENTION_DAYS", 90, minimum=1)
 

@@ -32,6 +32,16 @@ beat_schedule = {
         "schedule": timedelta(seconds=max(5, settings.A3_DELIVERY_SWEEP_AFTER_SECONDS // 2)),
         "options": {"expires": 30},
     },
+    "relay.requeue_stalled": {
+        "task": "relay.requeue_stalled",
+        "schedule": timedelta(seconds=max(5, settings.A3_RELAY_SWEEP_AFTER_SECONDS // 2)),
+        "options": {"expires": 30},
+    },
+    "relay.watch": {
+        "task": "relay.watch",
+        "schedule": timedelta(minutes=5),
+        "options": {"expires": 120},
+    },
     "mailboxes.sweep_orphan_blobs": {
         "task": "mailboxes.sweep_orphan_blobs",
         "schedule": crontab(minute=41),

@@ -12,6 +12,19 @@ class LoginForm(forms.Form):
     )
 
 
+class LockoutClearForm(forms.Form):
+    """The hidden fields of a Clear button: one login name or one address."""
+
+    username = forms.CharField(max_length=254, required=False)
+    ip = forms.GenericIPAddressField(required=False)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if bool(data.get("username")) == bool(data.get("ip")):
+            raise forms.ValidationError("Give either a login name or an address.")
+        return data
+
+
 class TokenCreateForm(forms.Form):
     name = forms.CharField(max_length=100)
     expires_in_days = forms.IntegerField(min_value=0, max_value=3650, initial=90, help_text="0 means never.")

@@ -102,6 +102,8 @@ class AuthEvent(models.Model):
         LOGOUT = "logout", "Logout"
         TOKEN_CREATED = "token_created", "API token created"
         TOKEN_REVOKED = "token_revoked", "API token revoked"
+        LOCKOUT = "lockout", "Locked out"
+        LOCKOUT_CLEARED = "lockout_cleared", "Lockout cleared"
 
     kind = models.CharField(max_length=32, choices=Kind.choices, db_index=True)
     user = models.ForeignKey(
@@ -111,7 +113,7 @@ class AuthEvent(models.Model):
     email = models.CharField(max_length=254, blank=True, db_index=True)
     ip = models.GenericIPAddressField(null=True, blank=True, db_index=True)
     user_agent = models.CharField(max_length=300, blank=True)
-    channel = models.CharField(max_length=16, default="web")  # web | api
+    channel = models.CharField(max_length=16, default="web")  # web | api | smtp
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 

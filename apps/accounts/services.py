@@ -5,20 +5,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth import authenticate, password_validation
+from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from apps.accounts.exceptions import AuthenticationFailed
+from apps.accounts import lockout
+from apps.accounts.exceptions import AuthenticationFailed, LockedOut
 from apps.accounts.models import ApiToken, AuthEvent, User
 from apps.alerts.services import emit
 from apps.core.addresses import parse_address
@@ -45,12 +47,29 @@ class ClientInfo:
     def from_request(cls, request: HttpRequest | None) -> ClientInfo:
         if request is None:
             return cls()
-        # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a trusted proxy
-        # rewrote it, and the ASGI server already applies proxy headers when configured.
         return cls(
-            ip=request.META.get("REMOTE_ADDR") or None,
+            ip=client_ip(request),
             user_agent=request.META.get("HTTP_USER_AGENT", "").replace("\x00", "")[:300],
         )
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The client's address: the peer, or behind a trusted reverse proxy (A3_BEHIND_PROXY)
+    the address that proxy appended to X-Forwarded-For.
+
+    The ASGI server does not rewrite the peer from proxy headers, and every entry but the
+    ones our own proxies appended is whatever the client sent; so only the entry at the
+    proxy count from the right is trusted, the rule the API throttle follows (NUM_PROXIES).
+    """
+    peer = request.META.get("REMOTE_ADDR") or None
+    proxies = settings.REST_FRAMEWORK.get("NUM_PROXIES") or 0
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if proxies and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",")]
+        candidate = hops[-min(proxies, len(hops))]
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(candidate))
+    return peer
 
 
 # --- Users -----------------------------------------------------------------------------
@@ -255,33 +274,54 @@ def auth_event_record(
     )
 
 
+def login_name_normalize(typed: str) -> str:
+    """The one spelling of a typed login name, used for the user lookup, the auth record and
+    the lockout counters: stripped, lower-case, an address's domain as its IDNA A-label (as
+    user_create stores it). A name that is not an address stays as typed, lower-cased, and
+    matches no user."""
+    # NUL never belongs in a login name, and PostgreSQL refuses to store it.
+    name = (typed or "").replace("\x00", "").strip().lower()[:254]
+    with contextlib.suppress(ApplicationError):
+        name = _normalize_email(name)
+    return name[:254]
+
+
 def credentials_verify(
     *, request: HttpRequest | None, email: str, password: str, channel: str = "web"
 ) -> User:
     """Check an email and password through Django's authentication backends.
 
     Returns the user or raises AuthenticationFailed with one message for every cause, so
-    that a failure never tells whether the account exists. Failures are recorded and
-    repeated ones raise an alert. This is the password step: later factors (OTP, passkeys)
-    and SSO run after it and end in `login_complete`.
+    that a failure never tells whether the account exists. A login name or address that is
+    locked out (apps/accounts/lockout.py) gets LockedOut, a kind of AuthenticationFailed,
+    without its password being checked, so that answer says nothing about the password.
+    Failures are recorded, counted towards the lockout, and repeated ones raise an alert.
+    This is the password step: later factors (OTP, passkeys) and SSO run after it and end
+    in `login_complete`.
     """
     client = ClientInfo.from_request(request)
-    # NUL never belongs in a login name, and PostgreSQL refuses to store it.
-    typed = (email or "").replace("\x00", "").strip().lower()[:254]
-
-    # Look up the spelling user_create stored (IDNA A-label domain); a name that is not
-    # an address matches no user and fails like any other.
-    with contextlib.suppress(ApplicationError):
-        typed = _normalize_email(typed)
-    user = authenticate(request, username=typed, password=password or "")
+    typed = login_name_normalize(email)
+    remaining = lockout.lockout_remaining(username=typed, ip=client.ip)
+    if remaining:
+        LOGINS.labels(channel=channel, outcome="locked").inc()
+        _login_failure_record(client=client, email=typed, channel=channel, locked_out=True)
+        raise LockedOut(retry_after=remaining)
+    user = lockout.lockout_authenticate(
+        username=typed,
+        password=password or "",
+        ip=client.ip,
+        channel=channel,
+        user_agent=client.user_agent,
+    )
     if user is None or not user.is_active:
         LOGINS.labels(channel=channel, outcome="failed").inc()
         _login_failure_record(client=client, email=typed, channel=channel)
         raise AuthenticationFailed()
+    lockout.lockout_record_success(username=typed, ip=client.ip, channel=channel)
     return user
 
 
-def _login_failure_record(*, client: ClientInfo, email: str, channel: str) -> None:
+def _login_failure_record(*, client: ClientInfo, email: str, channel: str, locked_out: bool = False) -> None:
     # Committed on its own: the caller's request fails, but the record of it must stay.
     with transaction.atomic():
         # Linked to the account when one matches, so its owner sees attempts on it; the
@@ -292,6 +332,7 @@ def _login_failure_record(*, client: ClientInfo, email: str, channel: str) -> No
             user=User.objects.filter(email=email).first(),
             email=email,
             channel=channel,
+            **({"locked_out": True} if locked_out else {}),
         )
 
         window_start = timezone.now() - timedelta(seconds=settings.A3_LOGIN_FAILURE_WINDOW_SECONDS)

@@ -13,4 +13,6 @@ urlpatterns = [
     path("users/<int:user_id>/", views.user_edit_view, name="user-edit"),
     path("users/<int:user_id>/delete/", views.user_delete_view, name="user-delete"),
     path("events/", views.auth_events_view, name="auth-events"),
+    path("lockouts/", views.lockout_list_view, name="lockout-list"),
+    path("lockouts/clear/", views.lockout_clear_view, name="lockout-clear"),
 ]

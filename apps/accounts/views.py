@@ -12,9 +12,15 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from apps.accounts import selectors, services
-from apps.accounts.exceptions import AuthenticationFailed
-from apps.accounts.forms import LoginForm, TokenCreateForm, UserCreateForm, UserUpdateForm
+from apps.accounts import lockout, selectors, services
+from apps.accounts.exceptions import AuthenticationFailed, LockedOut
+from apps.accounts.forms import (
+    LockoutClearForm,
+    LoginForm,
+    TokenCreateForm,
+    UserCreateForm,
+    UserUpdateForm,
+)
 from apps.core.exceptions import ApplicationError
 from apps.core.forms import apply_application_error
 from apps.core.htmx import htmx_partial
@@ -38,6 +44,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return HttpResponseRedirect(_safe_next(request))
     form = LoginForm(request.POST or None)
+    retry_after = None
     if request.method == "POST" and form.is_valid():
         try:
             user = services.credentials_verify(
@@ -45,13 +52,21 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 email=form.cleaned_data["email"],
                 password=form.cleaned_data["password"],
             )
+        except LockedOut as exc:
+            form.add_error(None, exc.message)
+            retry_after = exc.retry_after
         except AuthenticationFailed as exc:
             form.add_error(None, exc.message)
         else:
             services.login_complete(request=request, user=user)
             return HttpResponseRedirect(_safe_next(request))
-    status = 400 if request.method == "POST" else 200
-    return render(request, "accounts/login.html", {"form": form, "next": _safe_next(request)}, status=status)
+    status = 200 if request.method != "POST" else 429 if retry_after else 400
+    response = render(
+        request, "accounts/login.html", {"form": form, "next": _safe_next(request)}, status=status
+    )
+    if retry_after:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 @require_POST
@@ -162,3 +177,33 @@ def auth_events_view(request: HttpRequest) -> HttpResponse:
     events = selectors.auth_event_list(actor=request.user)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(request, "accounts/auth_events.html", {"page": page})
+
+
+@superadmin_required
+def lockout_list_view(request: HttpRequest) -> HttpResponse:
+    """Locked-out login names and addresses, each with a Clear button."""
+    template = "accounts/partials/lockout_table.html" if htmx_partial(request) else "accounts/lockouts.html"
+    return render(request, template, {"lockouts": lockout.lockouts_active()})
+
+
+@superadmin_required
+@require_POST
+def lockout_clear_view(request: HttpRequest) -> HttpResponse:
+    """Clear one lockout; HTMX gets the refreshed table, everyone else a redirect."""
+    form = LockoutClearForm(request.POST)
+    if not form.is_valid():
+        outcome, text = messages.ERROR, "Nothing to clear: give a login name or an address."
+    else:
+        try:
+            lockout.lockout_clear(actor=request.user, **form.cleaned_data)
+        except ApplicationError as exc:
+            outcome, text = messages.ERROR, exc.message
+        else:
+            what = form.cleaned_data["username"] or form.cleaned_data["ip"]
+            outcome, text = messages.SUCCESS, f"Lockout of {what} cleared."
+    if htmx_partial(request):
+        # The row leaving the table is the feedback; an error shows above it.
+        context = {"lockouts": lockout.lockouts_active(), "error": text if outcome == messages.ERROR else ""}
+        return render(request, "accounts/partials/lockout_table.html", context)
+    messages.add_message(request, outcome, text)
+    return redirect("accounts:lockout-list")

@@ -8,6 +8,7 @@ class RelayConfig(AppConfig):
 
     def ready(self) -> None:
         from apps.core.roles import Role, role_register
-        from apps.relay.roles import SmtpRunner
+        from apps.relay.roles import SmtpRunner, SubmissionRunner
 
         role_register(Role("smtp", "SMTP listener for inbound mail (MX)", SmtpRunner))
+        role_register(Role("submission", "SMTP submission for authenticated users", SubmissionRunner))

@@ -96,14 +96,19 @@ async def mail_hosts(domain: str) -> list[MailHost]:
     except dns.resolver.NXDOMAIN as exc:
         raise DnsNoSuchDomain(f"{domain}: no such domain") from exc
     except dns.resolver.NoAnswer:
-        return [MailHost(name=domain, preference=0)]
+        return [MailHost(name=domain, preference=0, port=settings.A3_RELAY_MX_PORT)]
     except dns.exception.DNSException as exc:
         raise DnsTemporaryError(f"MX lookup for {domain} failed: {exc}") from exc
     records = sorted(answer, key=lambda record: (record.preference, str(record.exchange)))
     if any(record.exchange == dns.name.root for record in records):
         return []
     return [
-        MailHost(name=str(record.exchange).rstrip("."), preference=record.preference) for record in records
+        MailHost(
+            name=str(record.exchange).rstrip("."),
+            preference=record.preference,
+            port=settings.A3_RELAY_MX_PORT,
+        )
+        for record in records
     ]
 
 

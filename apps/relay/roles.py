@@ -62,3 +62,45 @@ class SmtpRunner:
 
     def describe(self) -> str:
         return f"smtp://{self.host}:{self.port} (MX, STARTTLS)"
+
+
+class SubmissionRunner:
+    """The `submission` role: authenticated submission on A3_SUBMISSION_LISTEN (STARTTLS)
+    and, when set, A3_SUBMISSIONS_LISTEN (implicit TLS)."""
+
+    def __init__(self, host: str | None = None, port: int | None = None) -> None:
+        default_host, default_port = settings.A3_SUBMISSION_LISTEN
+        self.host = host or default_host
+        self.port = default_port if port is None else port
+        self.implicit: tuple[str, int] | None = settings.A3_SUBMISSIONS_LISTEN
+        self._servers: list[asyncio.base_events.Server] = []
+
+    async def start(self) -> None:
+        from apps.relay.submission import make_submission_factory
+        from apps.relay.tls import server_tls_context
+
+        tls_context = await asyncio.to_thread(server_tls_context)
+        loop = asyncio.get_running_loop()
+        sock = listening_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        factory = make_submission_factory(tls_context=tls_context, implicit_tls=False)
+        self._servers.append(await loop.create_server(factory, sock=sock))
+        if self.implicit is not None:
+            sock = listening_socket(*self.implicit)
+            self.implicit = (self.implicit[0], sock.getsockname()[1])
+            factory = make_submission_factory(tls_context=tls_context, implicit_tls=True)
+            self._servers.append(await loop.create_server(factory, sock=sock, ssl=tls_context))
+
+    async def stop(self) -> None:
+        from apps.relay.submission import SubmissionSMTP
+
+        for server in self._servers:
+            server.close()
+        # Sessions past DATA finish storing first: their handler holds the transport.
+        SubmissionSMTP.close_all()
+
+    def describe(self) -> str:
+        text = f"smtp://{self.host}:{self.port} (submission, STARTTLS)"
+        if self.implicit is not None:
+            text += f", smtps://{self.implicit[0]}:{self.implicit[1]} (submission, implicit TLS)"
+        return text

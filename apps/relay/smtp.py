@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from apps.mailboxes import services as mail_services
 from apps.mailboxes.services import IncomingMessage, RecipientStatus
+from apps.relay import services as relay_services
 from apps.relay.batching import AcceptBatcher
 from apps.relay.metrics import SMTP_CONNECTIONS, SMTP_MESSAGES, SMTP_REPLIES
 
@@ -208,6 +209,8 @@ class HardenedSMTP(SMTP):
     def close_all(cls) -> None:
         """Tell every open session we are going away (RFC 5321 §3.8) and close it."""
         for protocol in list(cls.live):
+            if type(protocol) is not cls:
+                continue  # each listener closes its own sessions
             transport = protocol.transport
             if transport is not None and not transport.is_closing():
                 transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
@@ -308,6 +311,8 @@ class InboundHandler:
             return "452 4.5.3 Too many recipients"
         if not envelope.smtp_utf8 and not address.isascii():
             return "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"
+        if relay_services.srs_is_address(address):
+            return await self._srs_recipient(envelope, address)
         verdict = await run_db(
             mail_services.recipient_check, address=address, size=getattr(envelope, "a3_size", None)
         )
@@ -317,6 +322,23 @@ class InboundHandler:
             return "250 2.1.5 Recipient OK (duplicate ignored)"
         envelope.rcpt_tos.append(verdict.address)
         envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def _srs_recipient(self, envelope: Envelope, address: str) -> str:
+        """One of our SRS addresses: a bounce of mail we forwarded, relayed back to the
+        original sender. Only bounces (null sender) are taken: anything else would make
+        every SRS address an open relay for its lifetime."""
+        if envelope.mail_from not in ("<>", ""):
+            return "550 5.7.1 This address accepts delivery reports only"
+        try:
+            original = await run_db(relay_services.srs_reverse, address=address)
+        except relay_services.SrsError:
+            return "550 5.1.1 No such user here (invalid or expired SRS address)"
+        srs = getattr(envelope, "a3_srs", None)
+        if srs is None:
+            srs = envelope.a3_srs = {}  # type: ignore[attr-defined]
+        srs[address] = original
+        envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -334,16 +356,20 @@ class InboundHandler:
         trace = f"Return-Path: <{mail_from}>\r\n".encode() + received_header(
             session=session, envelope=envelope, queue_id=queue_id
         )
+        srs: dict[str, str] = getattr(envelope, "a3_srs", {})
         incoming = IncomingMessage(
             queue_id=queue_id,
             mail_from=mail_from,
-            recipients=tuple(envelope.rcpt_tos),
+            recipients=tuple(r for r in envelope.rcpt_tos if r not in srs),
             raw=trace + content,
             peer_ip=session.peer[0] if session.peer else None,
             helo=_helo_label(session),
         )
         try:
-            await self.batcher.submit(incoming)
+            if srs:
+                await run_db(relay_services.srs_bounce_accept, incoming=incoming, srs_recipients=srs)
+            else:
+                await self.batcher.submit(incoming)
         except Exception:
             logger.exception("could not store message %s", queue_id)
             SMTP_MESSAGES.labels(outcome="temporary_failure").inc()

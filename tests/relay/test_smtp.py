@@ -790,3 +790,37 @@ def test_smtp_runner_stop_says_421_to_open_sessions_and_stops_listening(listener
     wire.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# --- SRS bounces -------------------------------------------------------------------------
+
+
+def test_bounce_to_our_srs_address_is_relayed_back_to_the_original_sender(listener, settings):
+    from apps.relay import services as relay_services
+    from apps.relay.models import QueueItem
+
+    srs = relay_services.srs_forward("sender@origin.test")
+    with listener.smtp() as client:
+        client.ehlo(CLIENT_HELO)
+        assert client.mail("<>")[0] == 250
+        assert client.rcpt(srs)[0] == 250
+        code, reply = client.data(rfc5322(subject="Undelivered", to=srs))
+        assert code == 250, reply
+    item = QueueItem.objects.get(message__queue_id=queue_id_of(reply))
+    assert item.kind == QueueItem.Kind.BOUNCE and item.sender == ""
+    assert list(item.recipients.values_list("address", flat=True)) == ["sender@origin.test"]
+
+
+def test_srs_address_takes_reports_only_and_checks_its_hash(listener, settings):
+    from apps.relay import services as relay_services
+
+    srs = relay_services.srs_forward("sender@origin.test")
+    with listener.smtp() as client:
+        client.ehlo(CLIENT_HELO)
+        client.mail(SENDER)
+        code, reply = client.rcpt(srs)
+        assert code == 550 and b"5.7.1" in reply
+        client.rset()
+        client.mail("<>")
+        code, _ = client.rcpt(srs.replace("SRS0=", "SRS0=zz", 1))
+        assert code == 550

@@ -57,3 +57,25 @@ class AuthEventOutputSerializer(serializers.ModelSerializer):
         model = AuthEvent
         fields = ["id", "kind", "user", "email", "ip", "user_agent", "channel", "detail", "created_at"]
         read_only_fields = fields
+
+
+class LockoutOutputSerializer(serializers.Serializer):
+    username = serializers.CharField(help_text="The locked login name; empty when an address is locked.")
+    ip = serializers.IPAddressField(allow_null=True, help_text="The locked address; null when a name is.")
+    failures = serializers.IntegerField(help_text="Failed attempts counted towards the lockout.")
+    channel = serializers.ChoiceField(choices=["web", "api", "smtp"], help_text="Where it was tripped.")
+    locked_until = serializers.DateTimeField()
+
+
+class LockoutClearInputSerializer(StrictInputSerializer):
+    username = serializers.CharField(max_length=254, required=False)
+    ip = serializers.IPAddressField(required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        if ("username" in attrs) == ("ip" in attrs):
+            raise serializers.ValidationError("Give either a username or an ip.")
+        return attrs
+
+
+class LockoutClearOutputSerializer(serializers.Serializer):
+    removed = serializers.IntegerField(help_text="Failure counters removed.")

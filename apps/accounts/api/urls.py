@@ -4,6 +4,7 @@ from rest_framework.routers import SimpleRouter
 from apps.accounts.api.views import (
     ApiTokenViewSet,
     AuthEventViewSet,
+    LockoutViewSet,
     MeView,
     TokenObtainView,
     UserViewSet,
@@ -13,6 +14,7 @@ router = SimpleRouter()
 router.register("auth/tokens", ApiTokenViewSet, basename="api-token")
 router.register("auth/events", AuthEventViewSet, basename="auth-event")
 router.register("users", UserViewSet, basename="user")
+router.register("lockouts", LockoutViewSet, basename="lockout")
 
 urlpatterns = [
     path("auth/token/", TokenObtainView.as_view(), name="token-obtain"),

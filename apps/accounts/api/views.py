@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.decorators import action
 from rest_framework.mixins import ListModelMixin, RetrieveModelMixin
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -10,10 +11,14 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
-from apps.accounts import selectors, services
+from apps.accounts import lockout, selectors, services
+from apps.accounts.api.permissions import IsSuperadmin
 from apps.accounts.api.serializers import (
     ApiTokenOutputSerializer,
     AuthEventOutputSerializer,
+    LockoutClearInputSerializer,
+    LockoutClearOutputSerializer,
+    LockoutOutputSerializer,
     TokenCreateInputSerializer,
     TokenIssuedOutputSerializer,
     TokenObtainInputSerializer,
@@ -21,6 +26,7 @@ from apps.accounts.api.serializers import (
     UserOutputSerializer,
     UserUpdateInputSerializer,
 )
+from apps.accounts.exceptions import LockedOut
 from apps.accounts.models import ApiToken, AuthEvent, User
 from apps.core.api.errors import ErrorSerializer
 from apps.core.api.permissions import ReadOnlyOrSuperadmin
@@ -45,7 +51,15 @@ class TokenObtainView(APIView):
 
     @extend_schema(
         request=TokenObtainInputSerializer,
-        responses={201: TokenIssuedOutputSerializer, 400: ErrorSerializer, 401: ErrorSerializer},
+        responses={
+            201: TokenIssuedOutputSerializer,
+            400: ErrorSerializer,
+            401: ErrorSerializer,
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="`locked_out` after repeated failures (with Retry-After), or `throttled`.",
+            ),
+        },
         auth=[],
     )
     def post(self, request: Request) -> Response:
@@ -60,6 +74,12 @@ class TokenObtainView(APIView):
             client=services.ClientInfo.from_request(request),
         )
         return Response(_issued(issued), status=201)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response = super().handle_exception(exc)
+        if isinstance(exc, LockedOut):
+            response["Retry-After"] = str(exc.retry_after)  # RFC 9110: seconds
+        return response
 
 
 class MeView(APIView):
@@ -143,3 +163,26 @@ class AuthEventViewSet(ListModelMixin, GenericViewSet):
 
     def get_queryset(self) -> QuerySet[AuthEvent]:
         return selectors.auth_event_list(actor=self.request.user)
+
+
+class LockoutViewSet(GenericViewSet):
+    """Login names and addresses locked out after repeated sign-in failures (superadmins)."""
+
+    permission_classes = [IsSuperadmin]
+    serializer_class = LockoutOutputSerializer
+    filter_backends: list = []
+
+    @extend_schema(responses={200: LockoutOutputSerializer(many=True)})
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(lockout.lockouts_active())
+        return self.get_paginated_response(LockoutOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=LockoutClearInputSerializer,
+        responses={200: LockoutClearOutputSerializer, 400: ErrorSerializer},
+    )
+    @action(detail=False, methods=["post"])
+    def clear(self, request: Request) -> Response:
+        data = LockoutClearInputSerializer.validated(request.data)
+        removed = lockout.lockout_clear(actor=request.user, channel="api", **data)
+        return Response(LockoutClearOutputSerializer({"removed": removed}).data)

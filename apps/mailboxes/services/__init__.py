@@ -6,7 +6,6 @@ from apps.mailboxes.services.directory import (  # noqa: F401 - public names use
     MAX_ALIAS_DEPTH,
     AliasLoop,
     DeletionReport,
-    ForwardingUnavailable,
 )
 from apps.mailboxes.services.mailitems import *  # noqa: F403
 from apps.mailboxes.services.messages import *  # noqa: F403

@@ -34,10 +34,6 @@ MAX_ALIAS_DEPTH = 16
 MAX_ALIAS_DESTINATIONS = 500
 
 
-class ForwardingUnavailable(ApplicationError):
-    code = "forwarding_unavailable"
-
-
 class AliasLoop(ApplicationError):
     code = "alias_loop"
 
@@ -459,19 +455,13 @@ def _normalize_destinations(raw: Iterable[str], *, alias_address: str) -> list[s
         if parsed.value == alias_address:
             errors.append(f"{parsed.display} is the alias itself.")
             continue
-        if Domain.objects.filter(name=parsed.domain).exists():
-            if not (
-                Mailbox.objects.filter(address=parsed.value).exists()
-                or Alias.objects.filter(address=parsed.value).exists()
-            ):
-                errors.append(f"{parsed.display} does not exist here: create it first.")
-                continue
-        else:
-            raise ForwardingUnavailable(
-                f"{parsed.display} is an external address. Forwarding to external addresses "
-                "needs the outbound relay, which this installation does not provide yet.",
-                fields={"destinations": [f"{parsed.display}: external forwarding is not available yet."]},
-            )
+        if Domain.objects.filter(name=parsed.domain).exists() and not (
+            Mailbox.objects.filter(address=parsed.value).exists()
+            or Alias.objects.filter(address=parsed.value).exists()
+        ):
+            errors.append(f"{parsed.display} does not exist here: create it first.")
+            continue
+        # An external destination is forwarded through the outbound queue (with SRS).
         values.append(parsed.value)
     if errors:
         raise ApplicationError("Some destinations are invalid.", fields={"destinations": errors})

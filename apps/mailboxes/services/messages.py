@@ -135,6 +135,9 @@ class IncomingMessage:
     peer_ip: str | None = None
     helo: str = ""
     blob_sha256: str = ""  # set once the raw bytes are durable in the blob store
+    submitted_by_id: int | None = None  # the sending mailbox, for authenticated submission
+    # (address, special-use folder) copies filed straight into a mailbox: the Sent copy.
+    copies: tuple[tuple[str, str], ...] = ()
 
 
 def message_blob_store(*, raw: bytes) -> str:
@@ -170,13 +173,24 @@ def messages_accept(*, incoming: list[IncomingMessage]) -> list[Message]:
                 mail_from=item.mail_from[:998],
                 helo=item.helo[:255],
                 peer_ip=item.peer_ip,
+                submitted_by_id=item.submitted_by_id,
             )
             for item in incoming
         )
         MessageRecipient.objects.bulk_create(
-            MessageRecipient(message=message, address=address)
-            for message, item in zip(messages, incoming, strict=True)
-            for address in dict.fromkeys(item.recipients)
+            [
+                MessageRecipient(message=message, address=address)
+                for message, item in zip(messages, incoming, strict=True)
+                for address in dict.fromkeys(item.recipients)
+            ]
+            + [
+                # A copy for a mailbox that is also a recipient is not needed: a message
+                # is filed once per mailbox.
+                MessageRecipient(message=message, address=address, folder=folder)
+                for message, item in zip(messages, incoming, strict=True)
+                for address, folder in dict(item.copies).items()
+                if address not in item.recipients
+            ]
         )
         for message in messages:
             message_deliver_task.delay_on_commit(message_id=message.pk)
@@ -201,6 +215,10 @@ class DeliveryContext:
     targets: dict[int, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # recipient → reason
     held: str = ""
+    # External addresses that local aliases forward to: address → the alias it came from.
+    forwards: dict[str, str] = field(default_factory=dict)
+    # Called inside the transaction that files the message (e.g. to queue the forwards).
+    on_commit: list[Callable[[DeliveryContext], None]] = field(default_factory=list)
 
 
 DeliveryStage = Callable[[DeliveryContext], None]
@@ -210,45 +228,73 @@ def _stages() -> list[DeliveryStage]:
     return [import_string(path) for path in settings.A3_DELIVERY_STAGES]
 
 
-def _expand(address: str, *, depth: int = 0, seen: set[str] | None = None) -> tuple[set[int], str]:
-    """Mailbox ids that `address` delivers to (aliases and catch-all followed), and a
-    reason when it delivers nowhere."""
+@dataclass
+class _Expansion:
+    mailbox_ids: set[int] = field(default_factory=set)
+    external: set[str] = field(default_factory=set)  # forwarding destinations elsewhere
+
+    def __bool__(self) -> bool:
+        return bool(self.mailbox_ids or self.external)
+
+
+def _expand(address: str, *, depth: int = 0, seen: set[str] | None = None) -> tuple[_Expansion, str]:
+    """Where `address` delivers to (aliases and catch-all followed): local mailbox ids and
+    external forwarding addresses, and a reason when it delivers nowhere."""
     seen = set() if seen is None else seen
     if address in seen or depth > MAX_ALIAS_DEPTH:
-        return set(), "alias loop or chain too deep"
+        return _Expansion(), "alias loop or chain too deep"
     seen.add(address)
     mailbox = Mailbox.objects.filter(address=address).values("id", "is_active").first()
     if mailbox is not None:
-        return ({mailbox["id"]}, "") if mailbox["is_active"] else (set(), "mailbox disabled")
+        return (
+            (_Expansion({mailbox["id"]}), "") if mailbox["is_active"] else (_Expansion(), "mailbox disabled")
+        )
     try:
         domain = parse_address(address).domain
     except AddressError:
-        return set(), "invalid address"
+        return _Expansion(), "invalid address"
+    if depth and not Domain.objects.filter(name=domain).exists():
+        return _Expansion(external={address}), ""
     alias = (
         Alias.objects.filter(address=address).first() or Alias.objects.filter(address=f"@{domain}").first()
     )
     if alias is None:
-        return set(), "no such mailbox"
+        return _Expansion(), "no such mailbox"
     if not alias.is_active:
-        return set(), "alias disabled"
-    found: set[int] = set()
+        return _Expansion(), "alias disabled"
+    found = _Expansion()
     reasons: list[str] = []
     for destination in AliasDestination.objects.filter(alias=alias).values_list("address", flat=True):
-        ids, reason = _expand(destination, depth=depth + 1, seen=seen)
-        found |= ids
+        expansion, reason = _expand(destination, depth=depth + 1, seen=seen)
+        found.mailbox_ids |= expansion.mailbox_ids
+        found.external |= expansion.external
         if reason:
             reasons.append(f"{destination}: {reason}")
     return found, "; ".join(reasons) if not found else ""
 
 
 def expand_recipients(context: DeliveryContext) -> None:
-    """Stage: resolve envelope recipients to mailboxes, filing into INBOX by default."""
+    """Stage: resolve envelope recipients to mailboxes, filing into INBOX by default, and
+    collect the external addresses aliases forward to."""
     for recipient in context.message.recipients.filter(state=MessageRecipient.State.PENDING):
-        mailbox_ids, reason = _expand(recipient.address)
-        if not mailbox_ids:
+        if recipient.folder:  # a copy straight into one mailbox's folder (Sent)
+            mailbox_id = (
+                Mailbox.objects.filter(address=recipient.address, is_active=True)
+                .values_list("id", flat=True)
+                .first()
+            )
+            if mailbox_id is None:
+                context.failures[recipient.address] = "mailbox disabled or gone"
+            else:
+                context.targets.setdefault(mailbox_id, recipient.folder)
+            continue
+        expansion, reason = _expand(recipient.address)
+        if not expansion:
             context.failures[recipient.address] = reason or "no such mailbox"
-        for mailbox_id in mailbox_ids:
+        for mailbox_id in expansion.mailbox_ids:
             context.targets.setdefault(mailbox_id, Folder.SpecialUse.INBOX)
+        for address in expansion.external:
+            context.forwards.setdefault(address, recipient.address)
 
 
 def _lease(message_id: int) -> list[Message]:
@@ -365,6 +411,8 @@ def _commit_delivery(context: DeliveryContext) -> None:
     if not context.held:
         for mailbox_id, special_use in sorted(context.targets.items()):
             _file(message=message, mailbox_id=mailbox_id, special_use=special_use)
+        for hook in context.on_commit:
+            hook(context)
     for address, reason in context.failures.items():
         MessageRecipient.objects.filter(message=message, address=address).update(
             state=MessageRecipient.State.FAILED, detail=reason[:500]

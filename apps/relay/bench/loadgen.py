@@ -6,6 +6,11 @@ repeats MAIL / RCPT / DATA for as many messages as it can take from the pool (as
 acknowledgement latency of a message is the time from the end of its DATA section being
 handed to the kernel until its final reply arrives.
 
+For a submission listener a session can also say STARTTLS (without checking the
+certificate: the servers under test use self-signed ones) and AUTH PLAIN before its first
+message. The acknowledgement time of every message is kept by sequence number, so the
+outbound benchmark can match it with the time the message reached the remote sink.
+
 Every message attempted is counted once: a session that loses its connection stops, and the
 messages nobody could send are errors too, so a run always ends after at most N attempts.
 """
@@ -13,8 +18,10 @@ messages nobody could send are errors too, so a run always ends after at most N 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import math
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +47,8 @@ class LoadSpec:
     tag: str = "bench"  # in every Message-ID, so no two runs send the same message
     reply_timeout: float = 120.0
     connect_timeout: float = 10.0
+    starttls: bool = False  # STARTTLS after EHLO (then EHLO again)
+    auth: tuple[str, str] | None = None  # AUTH PLAIN username, password
 
 
 @dataclass
@@ -51,6 +60,7 @@ class LoadResult:
     session_failures: Counter[str] = field(default_factory=Counter)  # before any message
     first_send: float | None = None  # time.monotonic() of the first MAIL command
     last_ack: float | None = None  # time.monotonic() of the last 250 after DATA
+    acked_at: dict[int, float] = field(default_factory=dict)  # sequence number → time of its 250
 
     @property
     def errors(self) -> int:
@@ -85,13 +95,17 @@ def message_body(size: int) -> bytes:
     return body
 
 
+def message_id(spec: LoadSpec, seq: int) -> str:
+    return f"<{spec.tag}.{seq}@loadgen.bench.test>"
+
+
 def message_bytes(spec: LoadSpec, seq: int, body: bytes) -> bytes:
     """One unique RFC 5322 message with the shared body (plus the CRLF that ends DATA)."""
     headers = (
         f"From: <{spec.sender}>\r\n"
         f"To: <{spec.recipient}>\r\n"
         f"Subject: bench {spec.tag} #{seq}\r\n"
-        f"Message-ID: <{spec.tag}.{seq}@loadgen.bench.test>\r\n"
+        f"Message-ID: {message_id(spec, seq)}\r\n"
         f"Date: {formatdate(localtime=False)}\r\n"
         "MIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=us-ascii\r\n"
@@ -155,11 +169,19 @@ class _Session:
             code, text = await read_reply(reader, spec.reply_timeout)
             if code != 220:
                 raise SmtpReplyError(f"greeting {text}")
-            writer.write(b"EHLO loadgen.bench.test\r\n")
-            await writer.drain()
-            code, text = await self._ehlo(reader)
-            if code != 250:
-                raise SmtpReplyError(f"EHLO {text}")
+            await self._hello(reader, writer)
+            if spec.starttls:
+                code, text = await self.command(writer, reader, "STARTTLS")
+                if code != 220:
+                    raise SmtpReplyError(f"STARTTLS {text}")
+                await writer.start_tls(_insecure_tls())
+                await self._hello(reader, writer)  # RFC 3207: forget what was said before TLS
+            if spec.auth:
+                username, password = spec.auth
+                token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()
+                code, text = await self.command(writer, reader, f"AUTH PLAIN {token}")
+                if code != 235:
+                    raise SmtpReplyError(f"AUTH {text}")
             while (seq := self.pool.take()) is not None:
                 try:
                     await self.send_one(reader, writer, seq)
@@ -172,6 +194,14 @@ class _Session:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.size_param = False
+        writer.write(b"EHLO loadgen.bench.test\r\n")
+        await writer.drain()
+        code, text = await self._ehlo(reader)
+        if code != 250:
+            raise SmtpReplyError(f"EHLO {text}")
 
     async def _ehlo(self, reader: asyncio.StreamReader) -> tuple[int, str]:
         # Read the EHLO lines ourselves to learn whether SIZE is offered: real MTAs
@@ -215,8 +245,16 @@ class _Session:
             result.accepted += 1
             result.latencies.append(acked - sent)
             result.last_ack = acked
+            result.acked_at[seq] = acked
         else:
             result.error(f"DATA-END {text}")
+
+
+def _insecure_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the servers under test present self-signed certificates
+    return context
 
 
 async def run_load(spec: LoadSpec) -> LoadResult:

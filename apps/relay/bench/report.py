@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,15 +29,46 @@ class Row:
 
 
 @dataclass
+class OutboundRow:
+    """Relaying: messages submitted to the server under test, which passes them on to the
+    benchmark's sink (a remote MTA on loopback that discards)."""
+
+    server: str  # "A3Mailer" or "Postfix"
+    mode: str  # "embedded", "scaleout" or "relay"
+    messages: int
+    submission: str = ""  # how the generator submitted (e.g. "STARTTLS + AUTH PLAIN")
+    accepted_per_s: float | None = None  # first send → last 250 at the server under test
+    relayed_per_s: float | None = None  # first send → last arrival at the sink
+    ack_p50_ms: float | None = None  # acknowledgement latency at the server under test
+    ack_p99_ms: float | None = None
+    relay_p50_ms: float | None = None  # its 250 → arrival at the sink, per message
+    relay_p99_ms: float | None = None
+    peak_rss_mb: float | None = None
+    errors: int | None = None  # messages not acknowledged with 250
+    relayed: int | None = None  # of those acknowledged, how many reached the sink
+    duplicates: int = 0  # arrivals beyond the first of a message
+    relayed_vs_postfix: float | None = None  # this row's relayed rate / Postfix's
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     settings: dict[str, Any]
     rows: list[Row] = field(default_factory=list)
+    outbound: list[OutboundRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # servers skipped or failed
     failed: bool = False  # a server could not be measured although it was available
     elapsed_s: float | None = None  # the whole benchmark, start-ups and clean-ups included
     # Other work on the machine skews every figure: kept so a reader can tell.
     loadavg_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def record_failure(self, what: str, exc: Exception, say: Callable[[str], None]) -> None:
+        """A server that was available could not be measured: the run is marked failed."""
+        say(f"{what}: FAILED: {exc}")  # in full: it carries the processes' log tails
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        self.notes.append(f"{what}: FAILED: {first_line}")
+        self.failed = True
 
     def add_ratios(self) -> None:
         """Postfix is the yardstick: absolute rates drift between runs, the ratio less so."""
@@ -45,8 +77,25 @@ class Report:
             anchor = anchors.get(row.generator)
             if row.e2e_per_s and anchor:
                 row.e2e_vs_postfix = row.e2e_per_s / anchor
+        relay_anchor = next((r.relayed_per_s for r in self.outbound if r.server == "Postfix"), None)
+        for row in self.outbound:
+            if row.relayed_per_s and relay_anchor:
+                row.relayed_vs_postfix = row.relayed_per_s / relay_anchor
 
     def markdown(self) -> str:
+        parts = []
+        if self.rows:
+            parts.append(self._inbound_markdown())
+        if self.outbound:
+            parts.append(self._outbound_markdown())
+        notes = [f"- {r.server} {r.mode} {r.generator}: {n}" for r in self.rows for n in r.notes]
+        notes += [f"- outbound {r.server} {r.mode}: {n}" for r in self.outbound for n in r.notes]
+        notes += [f"- {n}" for n in self.notes]
+        if notes:
+            parts.append("\n".join(notes))
+        return "\n\n".join(parts)
+
+    def _inbound_markdown(self) -> str:
         header = (
             "| server | mode | generator | msgs | accepted msgs/s | e2e msgs/s | p50 ms | p99 ms "
             "| peak RSS MB | errors | e2e vs Postfix |"
@@ -67,9 +116,31 @@ class Report:
                 _ratio(r.e2e_vs_postfix),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        notes = [f"- {r.server} {r.mode} {r.generator}: {n}" for r in self.rows for n in r.notes]
-        notes += [f"- {n}" for n in self.notes]
-        return "\n".join(lines + (["", *notes] if notes else []))
+        return "Inbound (SMTP reception and local delivery)\n\n" + "\n".join(lines)
+
+    def _outbound_markdown(self) -> str:
+        header = (
+            "| server | mode | msgs | accepted msgs/s | relayed msgs/s | 250→remote p50 ms "
+            "| 250→remote p99 ms | ack p50 ms | peak RSS MB | errors | relayed | relayed vs Postfix |"
+        )
+        lines = [header, "|" + "---|" * 2 + "---:|" * 10]
+        for r in self.outbound:
+            cells = [
+                r.server,
+                r.mode,
+                str(r.messages),
+                _num(r.accepted_per_s, 0),
+                _num(r.relayed_per_s, 0),
+                _num(r.relay_p50_ms, 1),
+                _num(r.relay_p99_ms, 1),
+                _num(r.ack_p50_ms, 1),
+                _num(r.peak_rss_mb, 0),
+                "n/a" if r.errors is None else str(r.errors),
+                "n/a" if r.relayed is None else str(r.relayed),
+                _ratio(r.relayed_vs_postfix),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "Outbound (submission → relay → remote sink)\n\n" + "\n".join(lines)
 
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +154,7 @@ class Report:
             },
             "settings": self.settings,
             "rows": [asdict(row) for row in self.rows],
+            "outbound": [asdict(row) for row in self.outbound],
             "notes": self.notes,
         }
         path.write_text(json.dumps(body, indent=2) + "\n")

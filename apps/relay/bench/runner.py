@@ -1,21 +1,21 @@
-"""The scenario: Postfix first (its install also brings smtp-source), then each A3Mailer
-mode on a fresh installation; each server is measured with our generator and, where it is
-installed, with smtp-source, and is stopped before the next one starts."""
+"""The scenario. Inbound: Postfix first (its install also brings smtp-source), then each
+A3Mailer mode on a fresh installation; each server is measured with our generator and,
+where it is installed, with smtp-source, and is stopped before the next one starts.
+Outbound (apps.relay.bench.outbound): the same servers relaying to one sink."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 from apps.relay.bench.loadgen import LoadSpec, run_load
+from apps.relay.bench.outbound import run_outbound
 from apps.relay.bench.probes import RssSampler, wait_delivered
 from apps.relay.bench.report import Report, Row
 from apps.relay.bench.targets import (
@@ -25,11 +25,13 @@ from apps.relay.bench.targets import (
     Unavailable,
     postfix_anchor_path,
     start_a3mailer,
+    teardown_on_exit,
 )
 
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 SENDER = "sender@bench.test"
 MODES = ("embedded", "scaleout")
+PARTS = ("inbound", "outbound")
 
 
 class Target(Protocol):
@@ -55,6 +57,7 @@ class BenchOptions:
     concurrency: int = 10
     size: int = 4096
     modes: tuple[str, ...] = MODES
+    parts: tuple[str, ...] = PARTS  # inbound (reception), outbound (relaying)
     skip_postfix: bool = False
     warmup: int = 20
     scaleout_messages: int | None = None  # scale-out mode only; default: messages
@@ -79,12 +82,15 @@ def run_bench(options: BenchOptions, say: Callable[[str], None]) -> Report:
     settings["code"] = _code_version()
     report = Report(settings=settings)
     began = time.monotonic()
-    if options.skip_postfix:
-        report.notes.append("postfix: skipped (--skip-postfix)")
-    else:
-        _bench_postfix(options, report, say)
-    for mode in options.modes:
-        _bench_a3mailer(mode, options, report, say)
+    if "inbound" in options.parts:
+        if options.skip_postfix:
+            report.notes.append("postfix: skipped (--skip-postfix)")
+        else:
+            _bench_postfix(options, report, say)
+        for mode in options.modes:
+            _bench_a3mailer(mode, options, report, say)
+    if "outbound" in options.parts:
+        run_outbound(options, report, say)
     report.add_ratios()
     report.elapsed_s = round(time.monotonic() - began, 1)
     return report
@@ -102,7 +108,7 @@ def _bench_postfix(options: BenchOptions, report: Report, say: Callable[[str], N
         say(f"postfix: not available ({exc})")
         report.notes.append(f"postfix: not available ({exc})")
     except Exception as exc:  # noqa: BLE001 - report it, then measure A3Mailer anyway
-        _failed(report, "Postfix anchor", exc, say)
+        report.record_failure("Postfix anchor", exc, say)
 
 
 def _bench_a3mailer(mode: str, options: BenchOptions, report: Report, say: Callable[[str], None]) -> None:
@@ -117,30 +123,7 @@ def _bench_a3mailer(mode: str, options: BenchOptions, report: Report, say: Calla
         say(f"{mode}: not available ({exc})")
         report.notes.append(f"A3Mailer {mode}: not available ({exc})")
     except Exception as exc:  # noqa: BLE001 - report it, then measure the other servers
-        _failed(report, f"A3Mailer {mode}", exc, say)
-
-
-def _failed(report: Report, what: str, exc: Exception, say: Callable[[str], None]) -> None:
-    say(f"{what}: FAILED: {exc}")  # in full: it carries the processes' log tails
-    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-    report.notes.append(f"{what}: FAILED: {first_line}")
-    report.failed = True
-
-
-@contextlib.contextmanager
-def teardown_on_exit() -> Iterator[contextlib.ExitStack]:
-    """An ExitStack whose clean-up is not cut short by a second Ctrl-C or a SIGTERM:
-    every step is bounded in time, and a half-done clean-up leaves processes behind."""
-    stack = contextlib.ExitStack()
-    try:
-        yield stack
-    finally:
-        masked = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            stack.close()
-        finally:
-            for sig, handler in masked.items():
-                signal.signal(sig, handler)
+        report.record_failure(f"A3Mailer {mode}", exc, say)
 
 
 def _warm_up(target: Target, options: BenchOptions) -> None:

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +32,11 @@ from django.conf import settings
 ROOT = Path(settings.BASE_DIR)
 DOMAIN = "bench.test"
 RECIPIENT = f"bench@{DOMAIN}"
+# Outbound: this mailbox submits (STARTTLS + AUTH) to a recipient whose domain a transport
+# rule routes to the benchmark's sink.
+OUTBOUND_SENDER = f"relay@{DOMAIN}"
+OUTBOUND_DOMAIN = "external.test"
+OUTBOUND_RECIPIENT = f"sink@{OUTBOUND_DOMAIN}"
 ADMIN_EMAIL = "admin@bench.test"
 PG_ADMIN_URL = os.environ.get("A3_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("A3_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
@@ -58,6 +63,22 @@ def free_port() -> int:
 
 
 # --- Processes -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def teardown_on_exit() -> Iterator[contextlib.ExitStack]:
+    """An ExitStack whose clean-up is not cut short by a second Ctrl-C or a SIGTERM:
+    every step is bounded in time, and a half-done clean-up leaves processes behind."""
+    stack = contextlib.ExitStack()
+    try:
+        yield stack
+    finally:
+        masked = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stack.close()
+        finally:
+            for sig, handler in masked.items():
+                signal.signal(sig, handler)
 
 
 @dataclass
@@ -112,9 +133,11 @@ class A3Mailer:
     http_port: int
     smtp_port: int
     env: dict[str, str]
+    submission_port: int = 0
     procs: list[ManagedProcess] = field(default_factory=list)
     database_url: str | None = None  # PostgreSQL; None for SQLite in data_dir
     mailbox_id: int | None = None
+    sender_password: str = ""  # OUTBOUND_SENDER's, once provisioned
     _count: Callable[[], int] | None = None
 
     server = "A3Mailer"
@@ -160,7 +183,9 @@ class A3Mailer:
         return lambda: sqlite.execute(INBOX_COUNT_SQLITE, (self.mailbox_id,)).fetchone()[0]
 
 
-def _child_env(data_dir: Path, http_port: int, smtp_port: int, password: str) -> dict[str, str]:
+def _child_env(
+    data_dir: Path, http_port: int, smtp_port: int, submission_port: int, password: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env.update(
         {
@@ -168,7 +193,7 @@ def _child_env(data_dir: Path, http_port: int, smtp_port: int, password: str) ->
             "A3_DATA_DIR": str(data_dir),
             "A3_HTTP_LISTEN": f"127.0.0.1:{http_port}",
             "A3_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
-            "A3_SUBMISSION_LISTEN": f"127.0.0.1:{free_port()}",
+            "A3_SUBMISSION_LISTEN": f"127.0.0.1:{submission_port}",
             "DJANGO_SUPERUSER_EMAIL": ADMIN_EMAIL,
             "DJANGO_SUPERUSER_PASSWORD": password,
             "PYTHONUNBUFFERED": "1",
@@ -178,6 +203,12 @@ def _child_env(data_dir: Path, http_port: int, smtp_port: int, password: str) ->
             # would fall back to amqp://localhost and share that broker's queues with any
             # other A3Mailer on the machine. Scale-out replaces it with its Redis URL.
             "CELERY_BROKER_URL": "memory://",
+            # The outbound run sends thousands of messages from one mailbox within the
+            # hour: the sending limits would stop it, which is not what is measured.
+            "A3_RATE_MAILBOX_MESSAGES_PER_HOUR": "100000000",
+            "A3_RATE_MAILBOX_RECIPIENTS_PER_HOUR": "100000000",
+            "A3_RATE_DOMAIN_MESSAGES_PER_HOUR": "100000000",
+            "A3_RATE_DOMAIN_RECIPIENTS_PER_HOUR": "100000000",
         }
     )
     return env
@@ -235,15 +266,19 @@ def _keep_logs(data_dir: Path, log_dir: Path) -> None:
         shutil.copy2(path, log_dir / path.name)
 
 
-def start_a3mailer(mode: str, stack: contextlib.ExitStack, *, keep_logs_in: Path) -> A3Mailer:
+def start_a3mailer(
+    mode: str, stack: contextlib.ExitStack, *, keep_logs_in: Path, outbound_sink: int | None = None
+) -> A3Mailer:
     """Start A3Mailer in `mode` on a fresh data dir and free ports, with the bench domain
-    and mailbox; everything is undone when `stack` closes."""
+    and mailbox; everything is undone when `stack` closes. With `outbound_sink` (a port on
+    127.0.0.1) it is also set up to relay: see provision_outbound."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"a3bench-{mode}-"))
     stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
-    stack.callback(_keep_logs, data_dir, keep_logs_in / mode)
+    logs_name = f"{mode}-outbound" if outbound_sink else mode
+    stack.callback(_keep_logs, data_dir, keep_logs_in / logs_name)
     password = secrets.token_urlsafe(18)
-    server = A3Mailer(mode, data_dir, free_port(), free_port(), {})
-    server.env = _child_env(data_dir, server.http_port, server.smtp_port, password)
+    server = A3Mailer(mode, data_dir, free_port(), free_port(), {}, submission_port=free_port())
+    server.env = _child_env(data_dir, server.http_port, server.smtp_port, server.submission_port, password)
     if mode == "scaleout":
         server.database_url = _temp_database(stack)
         server.env["DATABASE_URL"] = server.database_url
@@ -259,7 +294,8 @@ def start_a3mailer(mode: str, stack: contextlib.ExitStack, *, keep_logs_in: Path
         run("serve", manage, "serve")  # every role in one process
         _wait_ready(server)
     else:
-        run("serve", manage, "serve", "--roles", "web,smtp")  # migrates first
+        front = "web,smtp,submission" if outbound_sink else "web,smtp"
+        run("serve", manage, "serve", "--roles", front)  # migrates first
         _wait_ready(server)
         celery = ["-m", "celery", "-A", "celery_workers"]
         run(
@@ -280,6 +316,9 @@ def start_a3mailer(mode: str, stack: contextlib.ExitStack, *, keep_logs_in: Path
         run("beat", *celery, "beat", "--loglevel", "WARNING", "--schedule", str(data_dir / "beat-schedule"))
     _wait_smtp(server)
     server.mailbox_id = _provision(server, password)
+    if outbound_sink:
+        _wait_smtp(server, port=server.submission_port)
+        server.sender_password = provision_outbound(server, password, outbound_sink)
     return server
 
 
@@ -299,20 +338,26 @@ def _wait_ready(server: A3Mailer, timeout: float = 120) -> None:
     raise RuntimeError(f"A3Mailer ({server.mode}) not ready within {timeout:.0f} s: {last}\n{server.logs()}")
 
 
-def _wait_smtp(server: A3Mailer, timeout: float = 60) -> None:
+def _wait_smtp(server: A3Mailer, timeout: float = 60, port: int | None = None) -> None:
     """The smtp role starts after web: wait for its banner, not just /readyz."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         server.check_alive()
         with (
             contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", server.smtp_port), 2) as sock,
+            socket.create_connection(("127.0.0.1", port or server.smtp_port), 2) as sock,
         ):
             if sock.recv(512).startswith(b"220"):
                 sock.sendall(b"QUIT\r\n")
                 return
         time.sleep(0.25)
     raise RuntimeError(f"A3Mailer ({server.mode}) SMTP never answered\n{server.logs()}")
+
+
+class ApiError(RuntimeError):
+    def __init__(self, path: str, status: int, body: bytes) -> None:
+        super().__init__(f"POST {path}: {status} {body[:300]!r}")
+        self.status = status
 
 
 def _api(server: A3Mailer, path: str, body: dict, token: str | None = None) -> dict:
@@ -326,7 +371,7 @@ def _api(server: A3Mailer, path: str, body: dict, token: str | None = None) -> d
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"POST {path}: {exc.code} {exc.read()[:300]!r}") from exc
+        raise ApiError(path, exc.code, exc.read()) from exc
 
 
 def _provision(server: A3Mailer, password: str) -> int:
@@ -340,6 +385,48 @@ def _provision(server: A3Mailer, password: str) -> int:
         token,
     )
     return int(mailbox["id"])
+
+
+def provision_outbound(server: A3Mailer, admin_password: str, sink_port: int) -> str:
+    """The sending mailbox, a DKIM key for the bench domain (so every message is signed, as
+    real outbound mail is) and a transport rule sending OUTBOUND_DOMAIN to the sink on
+    127.0.0.1:`sink_port`; the sender's password."""
+    token = _api(server, "/api/v1/auth/token/", {"email": ADMIN_EMAIL, "password": admin_password})["token"]
+    sender_password = secrets.token_urlsafe(18)
+    _api(
+        server,
+        "/api/v1/mailboxes/",
+        {"address": OUTBOUND_SENDER, "password": sender_password, "quota_bytes": 0},
+        token,
+    )
+    _api(server, "/api/v1/dkim-keys/", {"domain": DOMAIN}, token)
+    rule = {"domain": OUTBOUND_DOMAIN, "host": "127.0.0.1", "port": sink_port, "tls": "opportunistic"}
+    try:
+        _api(server, "/api/v1/transport-rules/", rule, token)
+    except ApiError as exc:
+        if exc.status not in (404, 405):
+            raise
+        _manage_shell(  # an installation without the transport-rules endpoint
+            server,
+            "from apps.relay.services import transport_rule_create\n"
+            f"transport_rule_create(domain={OUTBOUND_DOMAIN!r}, host='127.0.0.1', port={sink_port}, "
+            "tls='opportunistic')",
+        )
+    return sender_password
+
+
+def _manage_shell(server: A3Mailer, code: str) -> None:
+    done = subprocess.run(  # noqa: S603 - our interpreter, our code
+        [sys.executable, str(ROOT / "manage.py"), "shell", "-c", code],
+        cwd=server.data_dir,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py shell failed: {(done.stderr or done.stdout)[-500:]}")
 
 
 # --- Postfix ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`manage.py bench_smtp` (`make bench`): SMTP throughput of A3Mailer against Postfix."""
+"""`manage.py bench_smtp` (`make bench`): SMTP throughput of A3Mailer against Postfix,
+receiving (inbound) and relaying (outbound)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from types import FrameType
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.relay.bench.runner import MODES, BenchOptions, run_bench
+from apps.relay.bench.runner import MODES, PARTS, BenchOptions, run_bench
 
 
 def _positive(value: str) -> int:
@@ -34,9 +35,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 class Command(BaseCommand):
     help = (
-        "Benchmark SMTP reception and delivery: A3Mailer (embedded and scale-out, each on a "
-        "fresh installation) against a private Postfix, on loopback. Prints a Markdown table "
-        "and writes var/bench/latest.json."
+        "Benchmark SMTP reception and delivery (inbound) and relaying to a remote MTA "
+        "(outbound): A3Mailer (embedded and scale-out, each on a fresh installation) against "
+        "a private Postfix, on loopback. Prints Markdown tables and writes var/bench/latest.json."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,6 +48,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--size", type=_positive, default=defaults.size, help="body bytes per message")
         parser.add_argument("--modes", default=",".join(MODES), help="A3Mailer modes: embedded,scaleout")
+        parser.add_argument(
+            "--only",
+            choices=PARTS,
+            default=None,
+            help="run one part: inbound (reception) or outbound (relaying); default both",
+        )
         parser.add_argument("--skip-postfix", action="store_true", help="do not run the Postfix anchor")
         parser.add_argument(
             "--scaleout-messages",
@@ -68,6 +75,7 @@ class Command(BaseCommand):
             concurrency=options["concurrency"],
             size=options["size"],
             modes=_modes(str(options["modes"])),
+            parts=(str(options["only"]),) if options["only"] else PARTS,
             skip_postfix=bool(options["skip_postfix"]),
             warmup=max(0, int(options["warmup"])),
             scaleout_messages=options["scaleout_messages"],
