@@ -19,6 +19,20 @@ class DomainForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="Emails of domain-admin users, one per line.",
     )
+    max_messages_per_hour = forms.IntegerField(
+        min_value=0,
+        initial=0,
+        required=False,
+        label="Messages per hour (domain)",
+        help_text="Outbound limit; 0: server default.",
+    )
+    max_recipients_per_hour = forms.IntegerField(
+        min_value=0,
+        initial=0,
+        required=False,
+        label="Recipients per hour (domain)",
+        help_text="Outbound limit; 0: server default.",
+    )
 
     def __init__(self, *args: object, editing: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -29,6 +43,9 @@ class DomainForm(forms.Form):
         data = dict(self.cleaned_data)
         data["default_quota_bytes"] = data.pop("default_quota_mib") * 1024 * 1024
         data["admins"] = _lines(data.get("admins") or "")
+        for name in ("max_messages_per_hour", "max_recipients_per_hour"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 
@@ -66,12 +83,25 @@ class MailboxUpdateForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text="Leave empty to keep the current password.",
     )
+    save_sent_copy = forms.BooleanField(required=False, label="Copy sent mail to Sent")
+    max_messages_per_hour = forms.IntegerField(
+        min_value=0, required=False, label="Messages per hour", help_text="Outbound limit; 0: server default."
+    )
+    max_recipients_per_hour = forms.IntegerField(
+        min_value=0,
+        required=False,
+        label="Recipients per hour",
+        help_text="Outbound limit; 0: server default.",
+    )
 
     def service_kwargs(self) -> dict:
         data = dict(self.cleaned_data)
         data["quota_bytes"] = data.pop("quota_mib") * 1024 * 1024
         if not data.get("password"):
             data.pop("password", None)
+        for name in ("max_messages_per_hour", "max_recipients_per_hour"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 
@@ -82,6 +112,12 @@ class AliasForm(forms.Form):
     )
     description = forms.CharField(max_length=255, required=False)
     is_active = forms.BooleanField(required=False, initial=True, label="Active")
+    send_as = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Send as",
+        help_text="Mailboxes whose users may send with this address, one per line.",
+    )
 
     def __init__(self, *args: object, editing: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
@@ -91,4 +127,5 @@ class AliasForm(forms.Form):
     def service_kwargs(self) -> dict:
         data = dict(self.cleaned_data)
         data["destinations"] = _lines(data["destinations"])
+        data["send_as"] = _lines(data.get("send_as") or "")
         return data

@@ -72,7 +72,10 @@ def alias_list(*, actor: User) -> QuerySet[Alias]:
     return (
         Alias.objects.visible_to(actor)
         .select_related("domain")
-        .prefetch_related(Prefetch("destinations", queryset=AliasDestination.objects.order_by("id")))
+        .prefetch_related(
+            Prefetch("destinations", queryset=AliasDestination.objects.order_by("id")),
+            Prefetch("send_as", queryset=Mailbox.objects.only("id", "address")),
+        )
     )
 
 

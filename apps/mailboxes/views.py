@@ -105,6 +105,8 @@ def domain_edit_view(request: HttpRequest, domain_id: int) -> HttpResponse:
         "max_aliases": domain.max_aliases,
         "default_quota_mib": domain.default_quota_bytes // (1024 * 1024),
         "admins": "\n".join(user.email for user in domain.admins.all()),
+        "max_messages_per_hour": domain.max_messages_per_hour,
+        "max_recipients_per_hour": domain.max_recipients_per_hour,
     }
     form = DomainForm(request.POST or None, initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():
@@ -187,6 +189,9 @@ def mailbox_edit_view(request: HttpRequest, mailbox_id: int) -> HttpResponse:
         "display_name": mailbox.display_name,
         "quota_mib": mailbox.quota_bytes // (1024 * 1024),
         "is_active": mailbox.is_active,
+        "save_sent_copy": mailbox.save_sent_copy,
+        "max_messages_per_hour": mailbox.max_messages_per_hour,
+        "max_recipients_per_hour": mailbox.max_recipients_per_hour,
     }
     form = MailboxUpdateForm(request.POST or None, initial=initial)
     inline = htmx_partial(request)
@@ -284,6 +289,7 @@ def alias_edit_view(request: HttpRequest, alias_id: int) -> HttpResponse:
         "destinations": "\n".join(row.address for row in alias.destinations.all()),
         "description": alias.description,
         "is_active": alias.is_active,
+        "send_as": "\n".join(mailbox.address for mailbox in alias.send_as.all()),
     }
     form = AliasForm(request.POST or None, initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():

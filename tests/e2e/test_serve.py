@@ -100,7 +100,13 @@ def test_serve_first_start_prints_generated_password_once_and_stops_cleanly(tmp_
         codes = server.stop()
         assert codes == {"first": 0}, server.logs()
         assert "Stopped." in first.log()
-        assert re.findall(r"(\w+)\s+stopped in", first.log()) == ["smtp", "beat", "worker", "web"]
+        assert re.findall(r"(\w+)\s+stopped in", first.log()) == [
+            "submission",
+            "smtp",
+            "beat",
+            "worker",
+            "web",
+        ]
 
         server.procs.clear()
         second = server.start("second", sys.executable, "manage.py", "serve", "--roles", "web")

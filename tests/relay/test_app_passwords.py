@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from apps.mailboxes.models import AppPassword
-from apps.relay.services.submission import app_password_create, submission_authenticate
+from apps.relay.services import app_password_create, submission_authenticate
 
 pytestmark = pytest.mark.django_db
 

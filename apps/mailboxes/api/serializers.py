@@ -23,6 +23,8 @@ class DomainOutputSerializer(serializers.ModelSerializer):
             "max_mailboxes",
             "max_aliases",
             "default_quota_bytes",
+            "max_messages_per_hour",
+            "max_recipients_per_hour",
             "admins",
             "mailbox_count",
             "alias_count",
@@ -45,6 +47,12 @@ class DomainCreateInputSerializer(StrictInputSerializer):
     admins = serializers.ListField(
         child=serializers.CharField(max_length=254), required=False, max_length=1000
     )
+    max_messages_per_hour = serializers.IntegerField(
+        required=False, min_value=0, max_value=10_000_000, default=0
+    )
+    max_recipients_per_hour = serializers.IntegerField(
+        required=False, min_value=0, max_value=10_000_000, default=0
+    )
 
 
 class DomainUpdateInputSerializer(StrictInputSerializer):
@@ -56,6 +64,8 @@ class DomainUpdateInputSerializer(StrictInputSerializer):
     admins = serializers.ListField(
         child=serializers.CharField(max_length=254), required=False, max_length=1000
     )
+    max_messages_per_hour = serializers.IntegerField(required=False, min_value=0, max_value=10_000_000)
+    max_recipients_per_hour = serializers.IntegerField(required=False, min_value=0, max_value=10_000_000)
 
 
 class MailboxOutputSerializer(serializers.ModelSerializer):
@@ -75,6 +85,9 @@ class MailboxOutputSerializer(serializers.ModelSerializer):
             "quota_bytes",
             "used_bytes",
             "is_active",
+            "save_sent_copy",
+            "max_messages_per_hour",
+            "max_recipients_per_hour",
             "created_at",
             "updated_at",
         ]
@@ -99,11 +112,19 @@ class MailboxUpdateInputSerializer(StrictInputSerializer):
     quota_bytes = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
     display_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
+    save_sent_copy = serializers.BooleanField(required=False)
+    max_messages_per_hour = serializers.IntegerField(
+        required=False, min_value=0, max_value=10_000_000, help_text="0: the server default."
+    )
+    max_recipients_per_hour = serializers.IntegerField(
+        required=False, min_value=0, max_value=10_000_000, help_text="0: the server default."
+    )
 
 
 class AliasOutputSerializer(serializers.ModelSerializer):
     domain = serializers.CharField(source="domain.name", read_only=True)
     destinations = serializers.SerializerMethodField()
+    send_as = serializers.SerializerMethodField()
     is_catch_all = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -114,6 +135,7 @@ class AliasOutputSerializer(serializers.ModelSerializer):
             "domain",
             "is_catch_all",
             "destinations",
+            "send_as",
             "description",
             "is_active",
             "created_at",
@@ -124,6 +146,9 @@ class AliasOutputSerializer(serializers.ModelSerializer):
     def get_destinations(self, alias: Alias) -> list[str]:
         return [row.address for row in alias.destinations.all()]
 
+    def get_send_as(self, alias: Alias) -> list[str]:
+        return [mailbox.address for mailbox in alias.send_as.all()]
+
 
 class AliasCreateInputSerializer(StrictInputSerializer):
     address = serializers.CharField(max_length=320, help_text="local@domain, or @domain for a catch-all.")
@@ -132,6 +157,12 @@ class AliasCreateInputSerializer(StrictInputSerializer):
     )
     description = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     is_active = serializers.BooleanField(required=False, default=True)
+    send_as = serializers.ListField(
+        child=serializers.CharField(max_length=320),
+        required=False,
+        max_length=500,
+        help_text="Mailboxes whose users may send as this alias.",
+    )
 
 
 class AliasUpdateInputSerializer(StrictInputSerializer):
@@ -140,6 +171,9 @@ class AliasUpdateInputSerializer(StrictInputSerializer):
     )
     description = serializers.CharField(max_length=255, required=False, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
+    send_as = serializers.ListField(
+        child=serializers.CharField(max_length=320), required=False, max_length=500
+    )
 
 
 class DeletionReportSerializer(serializers.Serializer):

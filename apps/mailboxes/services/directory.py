@@ -121,6 +121,8 @@ def domain_create(
     max_aliases: int = 0,
     default_quota_bytes: int | None = None,
     admins: Iterable[str] = (),
+    max_messages_per_hour: int = 0,
+    max_recipients_per_hour: int = 0,
 ) -> Domain:
     """Create a hosted domain (superadmins only). The name is stored IDNA-encoded."""
     _require_superadmin(actor, "add domains")
@@ -138,6 +140,8 @@ def domain_create(
         is_active=is_active,
         max_mailboxes=max_mailboxes,
         max_aliases=max_aliases,
+        max_messages_per_hour=max_messages_per_hour,
+        max_recipients_per_hour=max_recipients_per_hour,
     )
     if default_quota_bytes is not None:
         domain.default_quota_bytes = default_quota_bytes
@@ -166,6 +170,8 @@ def domain_update(
     max_aliases: int | None = None,
     default_quota_bytes: int | None = None,
     admins: Iterable[str] | None = None,
+    max_messages_per_hour: int | None = None,
+    max_recipients_per_hour: int | None = None,
 ) -> Domain:
     """Change a domain's settings (superadmins). Disabling a domain raises an alert."""
     _require_superadmin(actor, "change domains")
@@ -177,6 +183,8 @@ def domain_update(
         ("max_mailboxes", max_mailboxes),
         ("max_aliases", max_aliases),
         ("default_quota_bytes", default_quota_bytes),
+        ("max_messages_per_hour", max_messages_per_hour),
+        ("max_recipients_per_hour", max_recipients_per_hour),
     ):
         if value is not None:
             setattr(domain, name, value)
@@ -302,11 +310,18 @@ def mailbox_update(
     quota_bytes: int | None = None,
     display_name: str | None = None,
     is_active: bool | None = None,
+    save_sent_copy: bool | None = None,
+    max_messages_per_hour: int | None = None,
+    max_recipients_per_hour: int | None = None,
 ) -> Mailbox:
-    """Change a mailbox. Owners may change their own password and display name; quota and
-    state need a domain admin. Disabling emits an alert."""
+    """Change a mailbox. Owners may change their own password, display name and whether
+    sent mail is copied to Sent; quota, state and sending limits need a domain admin.
+    Disabling emits an alert."""
     is_owner = mailbox.owner_id == actor.pk
-    admin_change = quota_bytes is not None or is_active is not None
+    admin_change = any(
+        value is not None
+        for value in (quota_bytes, is_active, max_messages_per_hour, max_recipients_per_hour)
+    )
     if admin_change or not is_owner:
         _require_manage(actor, mailbox.domain)
     _check_quota(quota_bytes)
@@ -320,6 +335,13 @@ def mailbox_update(
         mailbox.display_name = display_name
     if is_active is not None:
         mailbox.is_active = is_active
+    for name, value in (
+        ("save_sent_copy", save_sent_copy),
+        ("max_messages_per_hour", max_messages_per_hour),
+        ("max_recipients_per_hour", max_recipients_per_hour),
+    ):
+        if value is not None:
+            setattr(mailbox, name, value)
     mailbox.save()
     if was_active and not mailbox.is_active:
         emit(
@@ -543,8 +565,10 @@ def alias_create(
     destinations: Iterable[str],
     description: str = "",
     is_active: bool = True,
+    send_as: Iterable[str] = (),
 ) -> Alias:
-    """Create an alias or, with `@domain`, the domain's catch-all."""
+    """Create an alias or, with `@domain`, the domain's catch-all. `send_as` lists the
+    mailboxes whose users may send with the alias as their address."""
     parsed = parse_address(address, allow_catch_all=True)
     domain = _local_domain_for(parsed, actor=actor, field_name="address")
     domain = _lock_domain_with_room(domain, kind="aliases")
@@ -559,7 +583,35 @@ def alias_create(
         is_active=is_active,
     )
     AliasDestination.objects.bulk_create(AliasDestination(alias=alias, address=v) for v in values)
+    if send_as:
+        alias.send_as.set(_send_as_mailboxes(actor, alias, send_as))
     return alias
+
+
+def _send_as_mailboxes(actor: User, alias: Alias, addresses: Iterable[str]) -> list[Mailbox]:
+    """The mailboxes named in `addresses`; each must be one the actor manages. A catch-all
+    cannot be sent as: it has no address of its own."""
+    addresses = [a for a in addresses if a.strip()]
+    if addresses and alias.is_catch_all:
+        raise ApplicationError(
+            "A catch-all cannot be used as a sender.", fields={"send_as": ["Not for a catch-all."]}
+        )
+    found: list[Mailbox] = []
+    errors: list[str] = []
+    for raw in addresses:
+        try:
+            value = parse_address(raw, field="send_as").value
+        except ApplicationError as exc:
+            errors.append(exc.message)
+            continue
+        mailbox = Mailbox.objects.filter(address=value).select_related("domain").first()
+        if mailbox is None or not Domain.objects.manageable_by(actor).filter(pk=mailbox.domain_id).exists():
+            errors.append(f"{raw}: no such mailbox.")
+            continue
+        found.append(mailbox)
+    if errors:
+        raise ApplicationError("Some send-as mailboxes are invalid.", fields={"send_as": errors})
+    return found
 
 
 @transaction.atomic
@@ -570,8 +622,11 @@ def alias_update(
     destinations: Iterable[str] | None = None,
     description: str | None = None,
     is_active: bool | None = None,
+    send_as: Iterable[str] | None = None,
 ) -> Alias:
     _require_manage(actor, alias.domain)
+    if send_as is not None:
+        alias.send_as.set(_send_as_mailboxes(actor, alias, send_as))
     if destinations is not None:
         values = _normalize_destinations(destinations, alias_address=alias.address)
         _check_no_loop(alias.address, values)

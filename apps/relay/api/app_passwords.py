@@ -21,8 +21,7 @@ from apps.core.addresses import AddressError, parse_address
 from apps.core.api.errors import ErrorSerializer
 from apps.core.api.serializers import StrictInputSerializer
 from apps.mailboxes.models import AppPassword
-from apps.relay import selectors
-from apps.relay.services.submission import app_password_create, app_password_revoke
+from apps.relay import selectors, services
 
 
 class AppPasswordFilter(django_filters.FilterSet):
@@ -99,12 +98,12 @@ class AppPasswordViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
         """Create an app password; the response carries its secret, shown only this once."""
         data = AppPasswordCreateInputSerializer.validated(request.data)
         mailbox = selectors.app_password_mailbox_get(request.user, data["mailbox"])
-        issued = app_password_create(actor=request.user, mailbox=mailbox, name=data["name"])
+        issued = services.app_password_create(actor=request.user, mailbox=mailbox, name=data["name"])
         body = dict(AppPasswordOutputSerializer(issued.app_password).data, secret=issued.secret)
         return Response(body, status=201)
 
     @extend_schema(responses={204: None, 404: ErrorSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
         """Revoke an app password: it stops working at once. Revoking twice is harmless."""
-        app_password_revoke(actor=request.user, app_password=self.get_object())
+        services.app_password_revoke(actor=request.user, app_password=self.get_object())
         return Response(status=204)

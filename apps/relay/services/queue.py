@@ -587,7 +587,20 @@ def _record(item: QueueItem, result: JobResult, started: datetime) -> None:
         )
         if warn:
             item.delay_warned_at = now
-        item.save()
+        # Only what the attempt decides: an admin's hold set meanwhile must survive.
+        item.save(
+            update_fields=[
+                "attempts",
+                "last_attempt_at",
+                "last_reply",
+                "lease_token",
+                "state",
+                "next_attempt_at",
+                "finished_at",
+                "delay_warned_at",
+                "updated_at",
+            ]
+        )
         if bounced:
             queue_item_report(item, bounced, action="failed")
         if warn:

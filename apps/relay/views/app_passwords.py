@@ -22,8 +22,7 @@ from apps.core.exceptions import ApplicationError
 from apps.core.forms import apply_application_error
 from apps.core.htmx import htmx_partial
 from apps.mailboxes.models import Mailbox
-from apps.relay import selectors
-from apps.relay.services.submission import app_password_create, app_password_revoke
+from apps.relay import selectors, services
 
 PAGE_SIZE = 25
 
@@ -54,7 +53,9 @@ def app_password_list_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             mailbox = selectors.app_password_mailbox_get(request.user, form.cleaned_data["mailbox"])
-            issued = app_password_create(actor=request.user, mailbox=mailbox, name=form.cleaned_data["name"])
+            issued = services.app_password_create(
+                actor=request.user, mailbox=mailbox, name=form.cleaned_data["name"]
+            )
         except ApplicationError as exc:
             apply_application_error(form, exc)
         else:
@@ -79,7 +80,7 @@ def app_password_list_view(request: HttpRequest) -> HttpResponse:
 @require_POST
 def app_password_revoke_view(request: HttpRequest, app_password_id: int) -> HttpResponse:
     app_password = selectors.app_password_get(request.user, app_password_id)
-    app_password_revoke(actor=request.user, app_password=app_password)
+    services.app_password_revoke(actor=request.user, app_password=app_password)
     messages.success(
         request, f"App password “{app_password.name}” of {app_password.mailbox.address} revoked."
     )
