@@ -13,3 +13,9 @@ ACCEPT_SECONDS = Histogram(
     "Time from end of DATA to durable (blob fsynced, rows committed).",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+RELAY_ATTEMPTS = Counter(
+    "a3_relay_attempts_total", "Outbound delivery attempts per queue item, by outcome.", ["outcome"]
+)
+RELAY_RECIPIENTS = Counter(
+    "a3_relay_recipients_total", "Outbound recipient outcomes per attempt, by state.", ["state"]
+)

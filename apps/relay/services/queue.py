@@ -35,6 +35,7 @@ from apps.core.addresses import AddressError, parse_address
 from apps.mailboxes.blobstore import BlobNotFound, blob_store
 from apps.mailboxes.models import Message
 from apps.relay.dns import DnsNoSuchDomain, DnsTemporaryError, MailHost, host_addresses, mail_hosts
+from apps.relay.metrics import RELAY_ATTEMPTS, RELAY_RECIPIENTS
 from apps.relay.models import DeliveryAttempt, QueueItem, QueueRecipient
 from apps.relay.services.routing import Route, route_for_domain
 
@@ -553,6 +554,11 @@ def _record(item: QueueItem, result: JobResult, started: datetime) -> None:
             recipient.save(update_fields=["state", "reply", "reply_code", "remote_host", "updated_at"])
             if state == RState.BOUNCED:
                 bounced.append(recipient)
+        outcome = _outcome([o.state for o in result.recipients.values()])
+        RELAY_ATTEMPTS.labels(outcome=outcome).inc()
+        for recipient in recipients.values():
+            if recipient.state != RState.PENDING:
+                RELAY_RECIPIENTS.labels(state=recipient.state).inc()
         DeliveryAttempt.objects.create(
             item=item,
             started_at=started,
@@ -560,7 +566,7 @@ def _record(item: QueueItem, result: JobResult, started: datetime) -> None:
             host=result.host[:253],
             port=result.port,
             tls=result.tls,
-            outcome=_outcome([o.state for o in result.recipients.values()]),
+            outcome=outcome,
             reply_code=next((o.code for o in result.recipients.values() if o.code), None),
             reply=_summary(result),
             detail={
