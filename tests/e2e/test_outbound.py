@@ -137,6 +137,18 @@ def submit(server: Server, raw: bytes, *, timeout: float = 60) -> str:
     return reply.decode()
 
 
+def queue_item_sent(server: Server, token: str) -> dict:
+    """The queue item for EXTERNAL once the queue API reports it sent."""
+
+    def sent() -> dict | None:
+        status, body = api(server, "GET", f"/api/v1/queue/?domain={EXTERNAL}", token=token)
+        assert status == 200, body
+        (item,) = body["results"]
+        return item if item["state"] == "sent" else None
+
+    return wait_for(sent, 30, "the queue item recorded as sent", server)
+
+
 def dns_txt(dns_port: int) -> Callable[..., bytes | None]:
     """A dkimpy dnsfunc that asks the test's DNS server, as a remote verifier would ask
     the real DNS."""
@@ -194,6 +206,7 @@ def test_submitted_mail_is_signed_relayed_and_kept_in_sent(tmp_path):
             status, sent = api(server, "GET", f"/api/v1/messages/?{query}", token=token)
             assert status == 200, sent
             assert [item["message_id"] for item in sent["results"]] == [message_id]
+            assert queue_item_sent(server, token)["attempts"] == 1
     finally:
         sink.stop()
         dns_server.stop()
@@ -281,6 +294,8 @@ def test_worker_killed_mid_delivery_still_delivers(tmp_path):
             ids = {_message_id(got.content) for got in sink.received}
             assert ids == {message_id}  # one message, at most duplicated, nothing else
             assert all(got.recipients == [RECIPIENT] for got in sink.received)
+            # The killed pass recorded nothing: the lease was given back, not a failure.
+            assert queue_item_sent(server, token)["attempts"] == 1
             assert time.monotonic() - started < 60
     finally:
         sink.stop()

@@ -105,11 +105,9 @@ class PrivatePostfix:
         shutil.copyfile(_SYSTEM_CONFIG / "master.cf", self.etc / "master.cf")
         os.chown(self.base / "data", _uid("postfix"), -1)
         vmailbox = self.etc / "vmailbox"
+        # address → Maildir (the trailing "/"), relative to virtual_mailbox_base.
         vmailbox.write_text(
-            "".join(
-                f"{address} {address.partition('@')[2]}/{address.partition('@')[0]}/\n"
-                for address in self.mailboxes
-            )
+            "".join(f"{a} {self.maildir(a).relative_to(self.base / 'mail')}/\n" for a in self.mailboxes)
         )
         for address in self.mailboxes:
             for sub in ("new", "cur", "tmp"):
@@ -195,10 +193,12 @@ class PrivatePostfix:
         self.configure()
         done = self._run("check")
         if done.returncode != 0:
-            raise PostfixUnavailable(f"postfix check failed: {self._log_tail()}")
+            raise PostfixUnavailable(f"postfix check failed: {done.stderr.strip()} {self._log_tail()}")
         done = self._run("start")
         if done.returncode != 0:
-            raise PostfixUnavailable(f"postfix start failed ({done.returncode}): {self._log_tail()}")
+            raise PostfixUnavailable(
+                f"postfix start failed ({done.returncode}): {done.stderr.strip()} {self._log_tail()}"
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1) as sock:

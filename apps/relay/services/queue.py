@@ -17,6 +17,7 @@ import email.encoders
 import email.parser
 import email.policy
 import email.utils
+import functools
 import logging
 import secrets
 import ssl
@@ -293,7 +294,9 @@ class _HostUnusable(Exception):
         self.code = code
 
 
+@functools.lru_cache(maxsize=2)
 def _tls_context(verify: bool) -> ssl.SSLContext:
+    """One context per kind and process: loading the CA store costs milliseconds."""
     context = ssl.create_default_context()
     if not verify:
         # Opportunistic TLS (RFC 7435): encryption without authentication beats plain text;
