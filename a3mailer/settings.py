@@ -51,6 +51,7 @@ A3_DELIVERY_STAGES = [
     "apps.mailboxes.services.messages.expand_recipients",
     "apps.relay.services.forwarding.queue_forwards",
     "apps.relay.services.bounces.match_inbound_dsn",
+    "apps.relay.services.bounces.report_local_failures",
 ]
 # Messages a delivery pass may take at once (its own plus others already waiting).
 A3_DELIVERY_BATCH = env_int("A3_DELIVERY_BATCH", 10, minimum=1)

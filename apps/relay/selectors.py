@@ -1,9 +1,9 @@
 """Reads of relay data that depend on who is asking: the outbound queue, app passwords and
 transport rules. Views, viewsets and services get these objects only through here.
 
-Scoping of the queue: superadmins see every item. A domain admin sees the items that
-concern their domains: mail submitted by one of their mailboxes, mail whose sender or
-report address is in one of their domains, and mail forwarded by one of their aliases.
+Scoping of the queue: superadmins see every item. A domain admin sees the items that came
+from their domains: mail submitted by one of their mailboxes, and copies forwarded by one
+of their aliases (never by the sender address an item claims, which anyone can forge).
 Mailbox users see no queue at all. Anything outside the scope is "not found".
 """
 
@@ -49,17 +49,16 @@ def queue_items_visible_to(user: User) -> QuerySet[QueueItem]:
     names = list(user.administered_domains.values_list("name", flat=True))
     if not names:
         return items.none()
-    by_address = Q()
+    # Scoped by where the mail came from, never by the addresses it claims (anyone can
+    # claim a sender in any domain): mail their domains' mailboxes submitted, and copies
+    # their domains' aliases forwarded. Delivery reports and relayed bounces are for
+    # superadmins.
     forwarded = Q()
     for name in names:
-        suffix = f"@{name}"
-        by_address |= Q(sender__iendswith=suffix) | Q(report_to__iendswith=suffix)
-        forwarded |= Q(original_address__iendswith=suffix)
-    # Subqueries rather than joins: a join on recipients would repeat items, and one on the
-    # submitting mailbox would make the OR drop items that have none.
+        forwarded |= Q(original_address__iendswith=f"@{name}")
     submitted = Mailbox.objects.filter(domain__admins=user).values("pk")
-    forwarding = QueueRecipient.objects.filter(forwarded).values("item_id")
-    return items.filter(Q(message__submitted_by__in=submitted) | by_address | Q(pk__in=forwarding))
+    forwarding = QueueRecipient.objects.filter(forwarded, item__kind=QueueItem.Kind.FORWARD).values("item_id")
+    return items.filter(Q(message__submitted_by__in=submitted) | Q(pk__in=forwarding))
 
 
 def queue_item_list(user: User) -> QuerySet[QueueItem]:

@@ -217,6 +217,27 @@ class HardenedSMTP(SMTP):
                 transport.close()
 
 
+# RFC 5321 §6.3: a message that has passed this many hosts is in a loop (two servers
+# forwarding to each other, say); Postfix uses the same limit.
+MAX_HOPS = 50
+_RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
+_REPORT_TYPE = re.compile(rb"^Content-Type:[ \t]*multipart/report", re.IGNORECASE | re.MULTILINE)
+
+
+def _header_section(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[: end + 2]
+
+
+def hop_count(content: bytes) -> int:
+    """How many Received headers the message carries."""
+    return len(_RECEIVED.findall(_header_section(content)))
+
+
+def is_delivery_report(content: bytes) -> bool:
+    return bool(_REPORT_TYPE.search(_header_section(content)))
+
+
 def _helo_label(session: Session) -> str:
 
     return SAFE_HELO.sub("", session.host_name or "unknown")[:255] or "unknown"
@@ -346,6 +367,11 @@ class InboundHandler:
         if BARE_LINE_ENDING.search(content):
             SMTP_MESSAGES.labels(outcome="bare_line_ending").inc()
             return "550 5.6.0 Bare CR or LF in message; lines must end with CRLF (RFC 5321 2.3.8)"
+        if hop_count(content) > MAX_HOPS:
+            SMTP_MESSAGES.labels(outcome="loop").inc()
+            return "554 5.4.6 Too many hops: mail loop detected (RFC 5321 6.3)"
+        if getattr(envelope, "a3_srs", None) and not is_delivery_report(content):
+            return "550 5.7.1 Our SRS addresses accept delivery reports (multipart/report) only"
         declared = getattr(envelope, "a3_size", None)
         if declared is None or len(content) > declared:  # RCPT checked the declared size only
             refusal = await self._quota_refusal(envelope, len(content))

@@ -14,6 +14,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, LoginPassword, Session
 from django.conf import settings
 from django.utils import timezone
 
+from apps.core.addresses import parse_address
 from apps.mailboxes import services as mail_services
 from apps.mailboxes.services import RecipientStatus
 from apps.relay import services
@@ -21,10 +22,12 @@ from apps.relay.metrics import SMTP_MESSAGES
 from apps.relay.smtp import (
     BARE_LINE_ENDING,
     CONTROL_CHARS,
+    MAX_HOPS,
     HardenedSMTP,
     _helo_label,
     _is_utf8,
     _mail_size,
+    hop_count,
     run_db,
 )
 
@@ -128,7 +131,10 @@ class SubmissionHandler:
     async def handle_MAIL(
         self, server: Any, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        sender: services.Sender = session.auth_data
+        sender = await run_db(services.sender_refresh, sender=session.auth_data)
+        if sender is None:
+            return "550 5.7.1 This mailbox may not send mail now"
+        session.auth_data = sender
         if not envelope.smtp_utf8 and not address.isascii():
             return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8"
         if CONTROL_CHARS.search(address) or not _is_utf8(address):
@@ -138,7 +144,7 @@ class SubmissionHandler:
         problem = await run_db(services.rate_limit_problem, sender=sender)
         if problem:
             return problem
-        envelope.mail_from = address
+        envelope.mail_from = parse_address(address).value
         envelope.mail_options.extend(mail_options)
         envelope.a3_size = _mail_size(mail_options)  # type: ignore[attr-defined]
         return "250 2.1.0 Sender OK"
@@ -174,6 +180,8 @@ class SubmissionHandler:
         if BARE_LINE_ENDING.search(content):
             SMTP_MESSAGES.labels(outcome="bare_line_ending").inc()
             return "550 5.6.0 Bare CR or LF in message; lines must end with CRLF (RFC 5321 2.3.8)"
+        if hop_count(content) > MAX_HOPS:
+            return "554 5.4.6 Too many hops: mail loop detected (RFC 5321 6.3)"
         problem = services.header_from_problem(sender, content)
         if problem:
             return problem
@@ -189,6 +197,8 @@ class SubmissionHandler:
                 trace=trace,
                 queue_id=queue_id,
             )
+        except services.RateLimited as exc:
+            return exc.reply
         except Exception:
             logger.exception("could not store submitted message %s", queue_id)
             SMTP_MESSAGES.labels(outcome="temporary_failure").inc()

@@ -71,9 +71,33 @@ def test_null_sender_is_forwarded_with_null_sender(forwarding_alias):
     assert QueueItem.objects.get(message=message).sender == ""
 
 
-def test_local_sender_is_not_rewritten(forwarding_alias, mailbox_a):
+def test_inbound_mail_claiming_a_local_sender_is_rewritten(forwarding_alias, mailbox_a):
     message = receive(sender="alice@alpha.test")
+    assert QueueItem.objects.get(message=message).sender.startswith("SRS0=")
+
+
+def test_submitted_mail_to_a_forwarding_alias_keeps_its_sender(forwarding_alias, mailbox_a):
+    incoming = mail_services.IncomingMessage(
+        queue_id=mail_services.new_queue_id(),
+        mail_from="alice@alpha.test",
+        recipients=("fwd@alpha.test",),
+        raw=RAW,
+        submitted_by_id=mailbox_a.pk,
+    )
+    (message,) = mail_services.messages_accept(incoming=[incoming])
+    mail_services.message_deliver(message_id=message.pk)
     assert QueueItem.objects.get(message=message).sender == "alice@alpha.test"
+
+
+def test_forwarded_mail_is_never_signed_with_our_keys(forwarding_alias, domain_a, superadmin):
+    from apps.relay.services.queue import _job
+
+    services.dkim_key_create(actor=superadmin, domain=domain_a)
+    spoof = RAW.replace(b"From: Sender <sender@origin.test>", b"From: CEO <ceo@alpha.test>")
+    message = receive(spoof, sender="ceo@alpha.test")
+    item = QueueItem.objects.get(message=message)
+    job = _job(item, spoof, ["ext@remote.test"])
+    assert b"DKIM-Signature" not in job.payload
 
 
 def test_tampered_srs_address_is_refused(db, settings):
@@ -100,3 +124,26 @@ def test_bounce_to_srs_address_goes_back_to_original_sender(db, settings):
     (item,) = QueueItem.objects.filter(message=message)
     assert item.kind == QueueItem.Kind.BOUNCE and item.sender == "" and item.report_to == ""
     assert list(item.recipients.values_list("address", "original_address")) == [("sender@origin.test", srs)]
+
+
+def test_submitted_mail_that_cannot_be_delivered_locally_is_reported(domain_a, mailbox_a):
+    from apps.mailboxes.blobstore import blob_store
+    from apps.mailboxes.models import Mailbox, Message
+    from tests.factories import MailboxFactory
+
+    carol = MailboxFactory(domain=domain_a, local_part="carol", address="carol@alpha.test")
+    incoming = mail_services.IncomingMessage(
+        queue_id=mail_services.new_queue_id(),
+        mail_from="alice@alpha.test",
+        recipients=("carol@alpha.test",),
+        raw=RAW,
+        submitted_by_id=mailbox_a.pk,
+        copies=(("alice@alpha.test", "sent"),),
+    )
+    (message,) = mail_services.messages_accept(incoming=[incoming])
+    Mailbox.objects.filter(pk=carol.pk).update(is_active=False)  # disabled after RCPT
+    mail_services.message_deliver(message_id=message.pk)
+    (report,) = Message.objects.filter(mail_from="", recipients__address="alice@alpha.test")
+    raw = blob_store().read(report.blob_sha256)
+    assert b"Final-Recipient: rfc822; carol@alpha.test" in raw and b"Status: 5.2.1" in raw
+    assert b"alice@alpha.test" not in raw.split(b"Final-Recipient")[1].split(b"\r\n")[0]

@@ -423,3 +423,57 @@ def test_missing_blob_bounces_instead_of_looping(remotes, mailbox_a):
     (item,) = enqueue(rfc5322(), recipients=["bob@remote.test"])
     blob_store().delete(item.message.blob_sha256)
     assert deliver(item).state == QueueItem.State.BOUNCED
+
+
+def test_malformed_eight_bit_message_does_not_block_its_destination(remotes):
+    mta = remotes(Behaviour(no_8bitmime=True))
+    route("remote.test", mta)
+    broken = (
+        b"From: alice@alpha.test\r\nTo: bob@remote.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/alternative\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"caf\xc3\xa9 \xff\xfe\r\n"
+    )
+    (bad,) = enqueue(broken, recipients=["bob@remote.test"])
+    (good,) = enqueue(rfc5322(body="fine"), recipients=["carol@remote.test"])
+    services.queue_deliver(item_id=bad.pk)
+    assert QueueItem.objects.get(pk=good.pk).state == QueueItem.State.SENT
+    bad.refresh_from_db()
+    assert bad.state == QueueItem.State.BOUNCED  # cannot be sent to a host without 8BITMIME
+    assert [r.recipients for r in mta.received] == [["carol@remote.test"]]
+
+
+def test_reply_text_that_cannot_be_stored_is_cleaned(remotes):
+    mta = remotes(Behaviour(data_reply="250 2.0.0 Ok\x00 queued"))
+    route("remote.test", mta)
+    (item,) = enqueue(rfc5322(), recipients=["bob@remote.test"])
+    assert deliver(item).state == QueueItem.State.SENT
+    assert "\x00" not in item.last_reply
+    assert services.clean_text("f\udcfcr Zustellung\x00") == "f\ufffdr Zustellung"
+
+
+def test_a_pass_that_fails_counts_an_attempt_and_backs_off(remotes, monkeypatch):
+    mta = remotes()
+    route("remote.test", mta)
+    (item,) = enqueue(rfc5322(), recipients=["bob@remote.test"])
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("routing table unreadable")
+
+    monkeypatch.setattr("apps.relay.services.queue.route_for_domain", explode)
+    assert services.queue_deliver(item_id=item.pk) == 0
+    item.refresh_from_db()
+    assert (item.state, item.attempts, item.lease_token) == (QueueItem.State.DEFERRED, 1, "")
+    assert item.next_attempt_at > timezone.now()
+
+
+def test_result_of_a_pass_whose_lease_was_taken_over_is_not_recorded(remotes):
+    mta = remotes()
+    route("remote.test", mta)
+    (item,) = enqueue(rfc5322(), recipients=["bob@remote.test"])
+    leased = services.queue._lease(item.pk)
+    QueueItem.objects.filter(pk=item.pk).update(lease_token="someone-else")
+    result = services.queue.JobResult(
+        recipients={"bob@remote.test": services.queue.RecipientResult(250, "250 ok")}
+    )
+    services.queue._record(leased[0], result, timezone.now())
+    assert not DeliveryAttempt.objects.filter(item=item).exists()

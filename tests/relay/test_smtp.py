@@ -804,7 +804,12 @@ def test_bounce_to_our_srs_address_is_relayed_back_to_the_original_sender(listen
         client.ehlo(CLIENT_HELO)
         assert client.mail("<>")[0] == 250
         assert client.rcpt(srs)[0] == 250
-        code, reply = client.data(rfc5322(subject="Undelivered", to=srs))
+        report = (
+            f"From: MAILER-DAEMON@remote.test\r\nTo: <{srs}>\r\nSubject: Undelivered\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;"
+            ' boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nNo such user.\r\n--b--\r\n'
+        ).encode()
+        code, reply = client.data(report)
         assert code == 250, reply
     item = QueueItem.objects.get(message__queue_id=queue_id_of(reply))
     assert item.kind == QueueItem.Kind.BOUNCE and item.sender == ""
@@ -824,3 +829,29 @@ def test_srs_address_takes_reports_only_and_checks_its_hash(listener, settings):
         client.mail("<>")
         code, _ = client.rcpt(srs.replace("SRS0=", "SRS0=zz", 1))
         assert code == 550
+
+
+def test_srs_address_refuses_content_that_is_not_a_report(listener, settings):
+    from apps.relay import services as relay_services
+
+    srs = relay_services.srs_forward("victim@origin.test")
+    with listener.smtp() as client:
+        client.ehlo(CLIENT_HELO)
+        client.mail("<>")
+        assert client.rcpt(srs)[0] == 250
+        code, reply = client.data(rfc5322(subject="Buy now", to=srs))
+    assert code == 550 and b"5.7.1" in reply
+    assert not Message.objects.exists()
+
+
+def test_mail_loop_is_refused_by_hop_count(listener, mailbox_a):
+    looping = b"".join(
+        b"Received: from hop%d.test by hop%d.test; Sat, 21 Nov 2026 10:00:00 +0000\r\n" % (n, n)
+        for n in range(51)
+    )
+    with listener.smtp() as client:
+        client.ehlo(CLIENT_HELO)
+        client.mail(SENDER)
+        client.rcpt(ALICE)
+        code, reply = client.data(looping + rfc5322())
+    assert code == 554 and b"5.4.6" in reply

@@ -342,3 +342,48 @@ def test_server_default_limit_applies_without_override(listener, mailbox_a):
     client.login(ALICE, TEST_PASSWORD)
     assert send(client, ALICE, ["bob@remote.test"], message())[0] == 250
     assert client.mail(ALICE)[0] == 451
+
+
+# --- Policy re-checked during the session and at storage ---------------------------------
+
+
+def test_mailbox_disabled_during_the_session_cannot_send(listener, mailbox_a):
+    client = listener.smtp()
+    client.login(ALICE, TEST_PASSWORD)
+    mailbox_a.is_active = False
+    mailbox_a.save()
+    code, reply = client.mail(ALICE)
+    assert code == 550 and b"5.7.1" in reply
+
+
+def test_spoofed_sender_header_is_refused(listener, mailbox_a):
+    client = listener.smtp()
+    client.login(ALICE, TEST_PASSWORD)
+    raw = message().replace(b"Subject: Hi", b"Sender: ceo@alpha.test\r\nSubject: Hi")
+    code, reply = send(client, ALICE, ["bob@remote.test"], raw)
+    assert code == 553 and b"Sender header" in reply
+
+
+def test_internationalised_from_address_is_accepted(listener, domain_a, mailbox_a):
+    alias = AliasFactory(domain=domain_a, local_part="josé", address="josé@alpha.test", destinations=[ALICE])
+    alias.send_as.add(mailbox_a)
+    client = listener.smtp()
+    client.login(ALICE, TEST_PASSWORD)
+    code, _ = client.mail("josé@alpha.test", ["SMTPUTF8"])
+    assert code == 250
+    assert client.rcpt("bob@remote.test")[0] == 250
+    code, reply = client.data(message(sender="josé@alpha.test").decode().encode("utf-8"))
+    assert code == 250, reply
+
+
+def test_limit_is_checked_again_when_storing(transactional_db, mailbox_a):
+    mailbox_a.max_messages_per_hour = 1
+    mailbox_a.save()
+    sender = services.submission_authenticate(username=ALICE, password=TEST_PASSWORD)
+    accept = {"sender": sender, "mail_from": ALICE, "recipients": ["bob@remote.test"], "trace": b""}
+    services.submission_accept(raw=message(), queue_id=mail_services.new_queue_id(), **accept)
+    # A second session that passed MAIL before the first one was stored:
+    with pytest.raises(services.RateLimited) as excinfo:
+        services.submission_accept(raw=message(), queue_id=mail_services.new_queue_id(), **accept)
+    assert excinfo.value.reply.startswith("451 4.7.1")
+    assert Message.objects.count() == 1

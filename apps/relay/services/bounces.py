@@ -44,6 +44,7 @@ __all__ = [
     "dsn_parse",
     "dsn_status_for",
     "match_inbound_dsn",
+    "report_local_failures",
 ]
 
 DSN_ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
@@ -730,3 +731,48 @@ def _apply(row: QueueRecipient, entry: ParsedDsnRecipient, *, reporting_mta: str
 def _text(value: str) -> str:
     """PostgreSQL text columns cannot hold NUL."""
     return value.replace("\x00", "").strip()
+
+
+# --- Local failures of submitted mail --------------------------------------------------------
+
+
+def report_local_failures(context: DeliveryContext) -> None:
+    """Delivery stage: tell the sender of submitted mail about local recipients it could
+    not be delivered to (a mailbox disabled between RCPT and delivery, an alias whose
+    destinations are all gone). Inbound mail was vouched for at RCPT; submitted mail got
+    its 250 before delivery, so a failure here would otherwise go unnoticed."""
+    message = context.message
+    if message.submitted_by_id is None or not message.mail_from or not context.failures:
+        return
+    context.on_commit.append(_send_local_failure_report)
+
+
+def _send_local_failure_report(context: DeliveryContext) -> None:
+    from apps.mailboxes.models import MessageRecipient
+    from apps.relay.services.queue import report_send
+
+    message = context.message
+    addresses = set(
+        MessageRecipient.objects.filter(
+            message=message, folder="", address__in=list(context.failures)
+        ).values_list("address", flat=True)
+    )  # the sender's own Sent copy is not a recipient
+    if not addresses:
+        return
+    report = dsn_build(
+        original=context.raw,
+        report_to=message.mail_from,
+        recipients=[
+            DsnRecipient(
+                address=address,
+                action="failed",
+                status="5.2.1" if "disabled" in context.failures[address] else "5.1.1",
+                remote_mta=settings.A3_HOSTNAME,
+                diagnostic=f"550 {context.failures[address]}",
+            )
+            for address in sorted(addresses)
+        ],
+        queue_id=message.queue_id,
+        arrival=message.received_at,
+    )
+    report_send(raw=report, to=message.mail_from)

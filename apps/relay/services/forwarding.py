@@ -24,9 +24,12 @@ def queue_forwards(context: DeliveryContext) -> None:
 
 def _queue_forwards(context: DeliveryContext) -> None:
     message = context.message
+    # Mail our own user submitted keeps its sender: it really is from our domain (and is
+    # signed as such). Anything received from outside is rewritten.
+    sender = message.mail_from if message.submitted_by_id else srs_forward(message.mail_from)
     queue_items_create(
         message=message,
-        sender=srs_forward(message.mail_from),
+        sender=sender,
         recipients=sorted(context.forwards.items()),
         report_to=message.mail_from,
         kind=QueueItem.Kind.FORWARD,

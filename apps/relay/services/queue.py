@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import aiosmtplib
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
@@ -43,6 +44,7 @@ from apps.relay.services.routing import Route, route_for_domain
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "clean_text",
     "queue_deliver",
     "queue_item_report",
     "queue_items_create",
@@ -253,22 +255,41 @@ def _prepare(items: list[QueueItem]) -> tuple[list[Job], dict[int, JobResult]]:
                 }
             )
             continue
-        needs_8bit = not raw.isascii()
-        payload = _sign(raw)
-        downgraded = to_7bit(raw) if needs_8bit else None
-        jobs.append(
-            Job(
-                item_id=item.pk,
-                sender=item.sender,
-                recipients=addresses,
-                payload=payload,
-                payload_7bit=_sign(downgraded) if downgraded is not None else None,
-                needs_8bit=needs_8bit,
-                needs_smtputf8=not (item.sender.isascii() and all(a.isascii() for a in addresses))
-                or not _headers_are_ascii(raw),
+        try:
+            jobs.append(_job(item, raw, addresses))
+        except Exception:  # one unreadable message must not stop its destination's queue
+            logger.exception("could not prepare queued message %s", item.message.queue_id)
+            failed[item.pk] = JobResult(
+                recipients={
+                    a: RecipientResult(554, "5.6.0 The message could not be prepared for sending")
+                    for a in addresses
+                }
             )
-        )
     return jobs, failed
+
+
+def _job(item: QueueItem, raw: bytes, addresses: list[str]) -> Job:
+    # Only mail our users submitted is signed with our domains' keys: a forward or a
+    # relayed report carries someone else's content, and signing it would let anyone
+    # send DMARC-passing mail in our name through a forwarding alias.
+    sign = item.message.submitted_by_id is not None
+    needs_8bit = not raw.isascii()
+    downgraded = None
+    if needs_8bit:
+        try:
+            downgraded = to_7bit(raw)
+        except Exception:  # malformed MIME: it can only go to 8BITMIME hosts
+            logger.warning("message %s cannot be converted to 7 bit", item.message.queue_id, exc_info=True)
+    return Job(
+        item_id=item.pk,
+        sender=item.sender,
+        recipients=addresses,
+        payload=_sign(raw) if sign else raw,
+        payload_7bit=(_sign(downgraded) if sign else downgraded) if downgraded is not None else None,
+        needs_8bit=needs_8bit,
+        needs_smtputf8=not (item.sender.isascii() and all(a.isascii() for a in addresses))
+        or not _headers_are_ascii(raw),
+    )
 
 
 def _pending_recipients(item_ids: list[int]) -> dict[int, list[str]]:
@@ -306,8 +327,14 @@ def _tls_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
+def clean_text(text: str) -> str:
+    """Remote replies may hold undecodable bytes (kept as surrogates) or NULs; neither
+    can be stored, and a reply must never stop us recording a result."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
 def _reply_text(code: int | None, message: str) -> str:
-    text = " ".join((message or "").split())
+    text = " ".join(clean_text(message or "").split())
     return f"{code} {text}".strip() if code else text
 
 
@@ -316,7 +343,9 @@ async def _open(address: str, port: int, host_name: str, route: Route | None) ->
     verify = bool(route and route.verify_certificate)
     context = _tls_context(verify)
     smtp = aiosmtplib.SMTP(
-        hostname=address,
+        # A verified implicit-TLS connection checks the certificate against the name we
+        # connect to, so it must be the host's name (resolved by the system) not its address.
+        hostname=host_name if tls_mode == "implicit" and verify else address,
         port=port,
         local_hostname=settings.A3_HOSTNAME,
         timeout=settings.A3_RELAY_COMMAND_TIMEOUT_SECONDS,
@@ -335,6 +364,8 @@ async def _open(address: str, port: int, host_name: str, route: Route | None) ->
             elif tls_mode == "required":
                 raise _HostUnusable("STARTTLS is required for this destination but was not offered")
         if route and route.username:
+            if not _is_tls(smtp):  # never hand a relay password to whoever strips STARTTLS
+                raise _HostUnusable("will not log in to a next hop without TLS")
             await smtp.login(route.username, route.password)
     except aiosmtplib.SMTPAuthenticationError as exc:
         smtp.close()
@@ -381,6 +412,10 @@ async def _send(smtp: aiosmtplib.SMTP, job: Job, host: str) -> dict[str, Recipie
     try:
         await smtp.mail(job.sender, options=options, encoding=encoding)
     except aiosmtplib.SMTPSenderRefused as exc:
+        if exc.code == 503:  # out of sync with the server: not a verdict on this message
+            raise aiosmtplib.SMTPServerDisconnected(
+                f"protocol error: {_reply_text(exc.code, exc.message)}"
+            ) from exc
         await _reset(smtp)
         return every(exc.code, _reply_text(exc.code, exc.message))
     results: dict[str, RecipientResult] = {}
@@ -401,6 +436,7 @@ async def _send(smtp: aiosmtplib.SMTP, job: Job, host: str) -> dict[str, Recipie
         results.update(
             {a: RecipientResult(exc.code, _reply_text(exc.code, exc.message), host) for a in accepted}
         )
+        await _reset(smtp)  # DATA refused before the content: the transaction is still open
         return results
     results.update(
         {
@@ -461,7 +497,8 @@ async def deliver_jobs(
                 break
             where = f"{host.name}[{address}]:{host.port}"
             try:
-                smtp = await _open(address, host.port, host.name, route)
+                async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                    smtp = await _open(address, host.port, host.name, route)
             except _HostUnusable as exc:
                 last_problem = exc.reply if exc.code else f"4.7.4 {exc.reply}"
                 _note_tried(results, pending, f"{where}: {exc.reply}")
@@ -482,11 +519,14 @@ async def deliver_jobs(
                     result.host, result.port, result.tls = host.name, host.port, tls
                     result.tried.append(f"{where}: connected{' with TLS' if tls else ''}")
                     try:
-                        result.recipients = await _send(smtp, job, host.name)
+                        # The pass must end before its lease can expire, whatever the
+                        # remote server does: each transaction gets what is left.
+                        async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                            result.recipients = await _send(smtp, job, host.name)
                     except (OSError, TimeoutError, aiosmtplib.SMTPException) as exc:
                         # Lost mid-transaction: defer this job (it may have arrived; a
                         # retry can duplicate it, never lose it) and stop using the host.
-                        text = f"4.4.2 Connection to {where} lost: {exc or type(exc).__name__}"
+                        text = clean_text(f"4.4.2 Connection to {where} lost: {exc or type(exc).__name__}")
                         result.recipients = {
                             a: RecipientResult(None, text, host.name) for a in job.recipients
                         }
@@ -508,7 +548,7 @@ async def deliver_jobs(
 
 def _note_tried(results: dict[int, JobResult], jobs: list[Job], note: str) -> None:
     for job in jobs:
-        results[job.item_id].tried.append(note)
+        results[job.item_id].tried.append(clean_text(note))
 
 
 # --- Recording -------------------------------------------------------------------------
@@ -533,6 +573,14 @@ def _record(item: QueueItem, result: JobResult, started: datetime) -> None:
     """Write one item's attempt: recipients, state, next try, and the reports it causes."""
     now = timezone.now()
     with transaction.atomic():
+        if (
+            not QueueItem.objects.select_for_update()
+            .filter(pk=item.pk, lease_token=item.lease_token)
+            .exists()
+        ):
+            # The lease expired and another pass took the item: its result is the one kept.
+            logger.warning("queue item %s changed hands during delivery; result not recorded", item.pk)
+            return
         recipients = {
             r.address: r
             for r in QueueRecipient.objects.select_for_update().filter(
@@ -707,11 +755,17 @@ def queue_deliver(*, item_id: int) -> int:
         results = asyncio.run(
             deliver_jobs(domain, route, [j for j in jobs if j.recipients], deadline=deadline)
         )
-    except Exception:
-        logger.exception("delivery pass for %s failed", domain)
+    except SoftTimeLimitExceeded:
         for item in items:
             _release(item)
         raise
+    except Exception:
+        # Counted as an attempt, with backoff: a fault that repeats must not retry the
+        # domain's whole queue every minute, nor keep mail from ever expiring.
+        logger.exception("delivery pass for %s failed", domain)
+        for item in items:
+            _defer_after_error(item)
+        return 0
     results.update(failed)
     recorded = 0
     for item in items:
@@ -722,10 +776,27 @@ def queue_deliver(*, item_id: int) -> int:
             else:
                 _release(item)
             continue
-        _record(item, result, started)
+        try:
+            _record(item, result, started)
+        except Exception:  # one item's bookkeeping must not strand the rest of the pass
+            logger.exception("recording the delivery of queue item %s failed", item.pk)
+            _defer_after_error(item)
+            continue
         recorded += 1
     _wake_next(domain)
     return recorded
+
+
+def _defer_after_error(item: QueueItem) -> None:
+    attempts = item.attempts + 1
+    QueueItem.objects.filter(pk=item.pk, lease_token=item.lease_token).update(
+        state=State.DEFERRED,
+        attempts=attempts,
+        last_attempt_at=timezone.now(),
+        next_attempt_at=timezone.now() + retry_delay(attempts),
+        last_reply="4.3.0 Internal error during delivery; will retry",
+        lease_token="",
+    )
 
 
 def _finish_empty(item: QueueItem) -> None:

@@ -165,15 +165,14 @@ def _srs_secret() -> str:
 def srs_forward(address: str) -> str:
     """The SRS0/SRS1 rewrite of a sender for mail we forward: bounces come back to our
     A3_SRS_DOMAIN, and SPF at the destination checks our servers, not the original
-    sender's. An empty (null) sender stays empty; senders of our own domain need no
-    rewrite and are returned as is."""
+    sender's. An empty (null) sender stays empty. Inbound mail claiming one of our own
+    domains is rewritten too: the claim is unproven, and forwarding it unchanged would
+    make SPF vouch for it."""
     if not address:
         return ""
     try:
-        domain = parse_address(address).domain
+        parse_address(address)
     except AddressError:
-        return address
-    if domain == settings.A3_SRS_DOMAIN or _is_local_domain(domain):
         return address
     return _srs(_srs_secret()).forward(address, settings.A3_SRS_DOMAIN)
 
@@ -190,9 +189,3 @@ def srs_reverse(address: str) -> str:
         return _srs(_srs_secret()).reverse(address)
     except (srslib.Error, ValueError) as exc:
         raise SrsError(str(exc)) from exc
-
-
-def _is_local_domain(domain: str) -> bool:
-    from apps.mailboxes.models import Domain
-
-    return Domain.objects.filter(name=domain).exists()

@@ -21,19 +21,21 @@ from apps.core.addresses import AddressError, parse_address
 from apps.core.db import durable_atomic
 from apps.core.exceptions import ApplicationError, NotFoundError
 from apps.mailboxes import services as mail_services
-from apps.mailboxes.models import Alias, AppPassword, Folder, Mailbox, Message, MessageRecipient
+from apps.mailboxes.models import Alias, AppPassword, Domain, Folder, Mailbox, Message, MessageRecipient
 from apps.mailboxes.services import IncomingMessage
 from apps.relay.models import QueueItem, QueueRecipient
 from apps.relay.services.queue import queue_items_create
 
 __all__ = [
     "NewAppPassword",
+    "RateLimited",
     "Sender",
     "app_password_create",
     "app_password_revoke",
     "header_from_problem",
     "rate_limit_problem",
     "sender_allowed",
+    "sender_refresh",
     "submission_accept",
     "submission_authenticate",
 ]
@@ -98,6 +100,13 @@ def submission_authenticate(*, username: str, password: str, ip: str | None = No
     return None
 
 
+def sender_refresh(*, sender: Sender) -> Sender | None:
+    """The session's identity as it stands now (an admin may have disabled the mailbox or
+    changed its send-as aliases since AUTH); None when it may no longer send."""
+    mailbox = Mailbox.objects.filter(pk=sender.mailbox_id, is_active=True, domain__is_active=True).first()
+    return _sender_for(mailbox) if mailbox is not None else None
+
+
 def sender_allowed(sender: Sender, address: str) -> bool:
     try:
         return parse_address(address).value in sender.allowed
@@ -106,8 +115,11 @@ def sender_allowed(sender: Sender, address: str) -> bool:
 
 
 def header_from_problem(sender: Sender, raw: bytes) -> str | None:
-    """Why the message's From: header is unacceptable for this sender, or None."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    """Why the message's From: (or Sender:) header is unacceptable for this sender, or None."""
+    end = raw.find(b"\r\n\r\n")
+    # Decoded as UTF-8 first: internationalised addresses (RFC 6532) must compare as text.
+    head = (raw if end < 0 else raw[: end + 2]).decode("utf-8", "replace")
+    headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(head)
     values = headers.get_all("From") or []
     if not values:
         return "550 5.6.0 Message has no From header (RFC 5322 3.6)"
@@ -119,6 +131,9 @@ def header_from_problem(sender: Sender, raw: bytes) -> str | None:
     for address in addresses:
         if not sender_allowed(sender, address):
             return f"553 5.7.1 You may not send as {address[:200]} (From header)"
+    for _, address in email.utils.getaddresses([str(v) for v in headers.get_all("Sender") or []]):
+        if address and not sender_allowed(sender, address):
+            return f"553 5.7.1 You may not send as {address[:200]} (Sender header)"
     return None
 
 
@@ -203,6 +218,15 @@ def _with_required_headers(raw: bytes, queue_id: str) -> bytes:
     return extra + raw
 
 
+class RateLimited(Exception):
+    """Over a sending limit when the message was about to be stored (parallel sessions
+    can pass the checks at MAIL and RCPT together); the reply is the 451 to send."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 def submission_accept(
     *, sender: Sender, mail_from: str, recipients: list[str], raw: bytes, trace: bytes, queue_id: str
 ) -> Message:
@@ -227,6 +251,12 @@ def submission_accept(
         copies=((sender.address, Folder.SpecialUse.SENT),) if sender.save_sent_copy else (),
     )
     with durable_atomic():
+        # Submissions of one domain are counted one at a time, so concurrent sessions
+        # cannot all slip under the limit before any of them is stored.
+        list(Domain.objects.select_for_update().filter(pk=sender.domain_id).values_list("pk", flat=True))
+        problem = rate_limit_problem(sender=sender, recipients=len(recipients))
+        if problem:
+            raise RateLimited(problem)
         (message,) = mail_services.messages_accept(incoming=[incoming])
         if remote:
             queue_items_create(message=message, sender=mail_from, recipients=[(a, "") for a in remote])
