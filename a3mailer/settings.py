@@ -131,6 +131,11 @@ INSTALLED_APPS = [
     "apps.alerts",
     "apps.accounts",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "django_otp_webauthn",
+    "social_django",
     "apps.mailboxes",
     "apps.relay",
 ]
@@ -145,6 +150,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -324,6 +330,25 @@ AXES_SENSITIVE_PARAMETERS = [
 SILENCED_SYSTEM_CHECKS = ["axes.W002"]
 A3_API_TOKEN_DEFAULT_DAYS = env_int("A3_API_TOKEN_DEFAULT_DAYS", 90, minimum=0)
 A3_ALERT_RETENTION_DAYS = env_int("A3_ALERT_RETENTION_DAYS", 90, minimum=1)
+
+# --- Second factors (docs/authentication.md) -------------------------------------------
+# Roles that must have a second factor; they are sent to enrolment before anything else.
+# Mailbox users must too where their domain says so (Domain.require_mfa).
+A3_MFA_REQUIRED_ROLES = env_list("A3_MFA_REQUIRED_ROLES", ["superadmin", "domain_admin"])
+OTP_TOTP_ISSUER = env_str("A3_TOTP_ISSUER") or f"A3Mailer {A3_HOSTNAME}"
+OTP_TOTP_THROTTLE_FACTOR = 1
+OTP_STATIC_THROTTLE_FACTOR = 1
+
+# --- Passkeys (WebAuthn) ------------------------------------------------------------------
+# The relying party is the host name users reach the dashboard at; passkeys are bound to it.
+OTP_WEBAUTHN_RP_ID = env_str("A3_WEBAUTHN_RP_ID") or A3_HOSTNAME
+OTP_WEBAUTHN_RP_NAME = env_str("A3_WEBAUTHN_RP_NAME") or "A3Mailer"
+OTP_WEBAUTHN_ALLOWED_ORIGINS = env_list("A3_WEBAUTHN_ALLOWED_ORIGINS", []) or [
+    f"https://{OTP_WEBAUTHN_RP_ID}",
+    f"http://{OTP_WEBAUTHN_RP_ID}:{A3_HTTP_LISTEN[1]}",
+]
+
+# --- Single sign-on -----------------------------------------------------------------------
 
 # --- Security headers and cookies ------------------------------------------------------
 A3_SECURE_COOKIES = env_bool("A3_SECURE_COOKIES", True)

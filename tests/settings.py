@@ -15,3 +15,6 @@ if not REDIS_URL:  # noqa: F405
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"auth": "1000/min"}}  # noqa: F405
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+# The MFA policy is off for the suite at large (most tests sign in with force_login and no
+# second factor); the MFA tests switch it on with the settings fixture.
+A3_MFA_REQUIRED_ROLES = []

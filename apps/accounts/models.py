@@ -74,6 +74,9 @@ class ApiToken(models.Model):
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, unique=True)
     key_hash = models.CharField(max_length=64)
+    # "mfa_enrolment": issued to a user whom policy requires to have a second factor and
+    # who has none yet; it reaches only the MFA enrolment endpoints.
+    scope = models.CharField(max_length=16, default="full")
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -104,6 +107,22 @@ class AuthEvent(models.Model):
         TOKEN_REVOKED = "token_revoked", "API token revoked"
         LOCKOUT = "lockout", "Locked out"
         LOCKOUT_CLEARED = "lockout_cleared", "Lockout cleared"
+        MFA_OK = "mfa_ok", "Second factor verified"
+        MFA_FAILED = "mfa_failed", "Second factor failed"
+        MFA_ENROLLED = "mfa_enrolled", "Second factor added"
+        MFA_REMOVED = "mfa_removed", "Second factor removed"
+        MFA_RESET = "mfa_reset", "Second factors reset by an administrator"
+        BACKUP_CODES_GENERATED = "backup_codes_generated", "Backup codes generated"
+        BACKUP_CODE_USED = "backup_code_used", "Backup code used"
+        SSO_LOGIN = "sso_login", "Signed in through SSO"
+        SSO_LINKED = "sso_linked", "SSO identity linked"
+        SSO_PROVISIONED = "sso_provisioned", "Account created through SSO"
+        PASSWORD_CHANGED = "password_changed", "Password changed"
+        PASSWORD_RESET_REQUESTED = "password_reset_requested", "Password reset requested"
+        PASSWORD_RESET = "password_reset", "Password reset"
+        SESSION_REVOKED = "session_revoked", "Session signed out"
+        APP_PASSWORD_CREATED = "app_password_created", "App password created"
+        APP_PASSWORD_REVOKED = "app_password_revoked", "App password revoked"
 
     kind = models.CharField(max_length=32, choices=Kind.choices, db_index=True)
     user = models.ForeignKey(
@@ -123,3 +142,63 @@ class AuthEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.email} {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class UserSession(models.Model):
+    """A signed-in web session, as the user sees it on the sessions page: which device,
+    from where, when last seen. Revoking it deletes the Django session."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="web_sessions")
+    session_key = models.CharField(max_length=40, unique=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now, db_index=True)
+    mfa_verified = models.BooleanField(default=False)
+    method = models.CharField(max_length=16, default="password")  # password | passkey | sso
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user.email} from {self.ip or '?'}"
+
+
+class SsoProvider(models.Model):
+    """An identity provider users can sign in with: OpenID Connect (generic, Google or
+    Microsoft Entra presets) or SAML 2.0. Settings made in the dashboard; the client
+    secret is encrypted at rest."""
+
+    class Kind(models.TextChoices):
+        OIDC = "oidc", "OpenID Connect"
+        GOOGLE = "google", "Google"
+        MICROSOFT = "microsoft", "Microsoft Entra ID"
+        SAML = "saml", "SAML 2.0"
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    enabled = models.BooleanField(default=True)
+    # OpenID Connect
+    issuer = models.URLField(blank=True, help_text="Discovery at <issuer>/.well-known/openid-configuration")
+    client_id = models.CharField(max_length=255, blank=True)
+    client_secret = models.TextField(blank=True)  # encrypted
+    scopes = models.CharField(max_length=255, default="openid email profile")
+    # SAML
+    idp_entity_id = models.CharField(max_length=255, blank=True)
+    idp_sso_url = models.URLField(blank=True)
+    idp_x509_cert = models.TextField(blank=True)
+    # Accounts and roles
+    jit_provisioning = models.BooleanField(default=False)
+    jit_domains = models.JSONField(default=list, blank=True)  # email domains allowed to self-provision
+    groups_claim = models.CharField(max_length=100, blank=True)
+    role_mapping = models.JSONField(default=dict, blank=True)  # group -> role
+    trust_idp_mfa = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

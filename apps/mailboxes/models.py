@@ -26,6 +26,8 @@ class Domain(TimeStampedModel):
     # Outbound limits for the whole domain; 0 means the server-wide default applies.
     max_messages_per_hour = models.PositiveIntegerField(default=0, help_text="0 means the server default.")
     max_recipients_per_hour = models.PositiveIntegerField(default=0, help_text="0 means the server default.")
+    # Mailbox users of this domain must have a second factor too (admins always must).
+    require_mfa = models.BooleanField(default=False)
     admins = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="administered_domains", blank=True)
 
     objects = DomainQuerySet.as_manager()
