@@ -362,13 +362,26 @@ def _login_failure_record(*, client: ClientInfo, email: str, channel: str, locke
                 break
 
 
-def login_complete(*, request: HttpRequest, user: User) -> None:
-    """Start the web session once every required step has passed."""
+def login_complete(
+    *, request: HttpRequest, user: User, method: str = "password", mfa_verified: bool = False
+) -> None:
+    """Start the web session once every required step has passed. `method` is how the
+    user proved who they are ("password", "passkey" or "sso"); `mfa_verified` whether a
+    second factor (or an IdP asserting one) was part of it."""
     from django.contrib.auth import login
 
+    from apps.accounts.web_sessions import web_session_start
+
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    web_session_start(request=request, user=user, method=method, mfa_verified=mfa_verified)
     LOGINS.labels(channel="web", outcome="ok").inc()
-    auth_event_record(kind=AuthEvent.Kind.LOGIN_OK, client=ClientInfo.from_request(request), user=user)
+    auth_event_record(
+        kind=AuthEvent.Kind.LOGIN_OK,
+        client=ClientInfo.from_request(request),
+        user=user,
+        method=method,
+        mfa=mfa_verified,
+    )
 
 
 def logout_complete(*, request: HttpRequest) -> None:
