@@ -20,6 +20,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# requirements.txt builds lxml and xmlsec from source (SAML sign-in), which needs
+# pkg-config libxml2-dev libxslt1-dev libxmlsec1-dev (Debian; .ci/run installs them).
 $(STAMP_RUN): requirements.txt | $(PY)
 	$(BIN)/pip install --quiet -r requirements.txt
 	@touch $@

@@ -151,6 +151,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "apps.accounts.middleware.MfaEnforcementMiddleware",
+    "apps.accounts.session_middleware.WebSessionMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -174,6 +176,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "apps.core.context_processors.a3mailer",
+                # The sign-in buttons of the login page (a lazy query, run only there).
+                "apps.accounts.sso.context_processors.sso_login_providers",
             ],
         },
     },
@@ -277,6 +281,8 @@ AUTHENTICATION_BACKENDS = [
     # Refuses a locked-out login name or address before any password is checked.
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # Runs social-auth's pipeline for single sign-on (apps/accounts/sso/backends.py).
+    "apps.accounts.sso.backends.SsoPipelineBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -330,6 +336,13 @@ AXES_SENSITIVE_PARAMETERS = [
 SILENCED_SYSTEM_CHECKS = ["axes.W002"]
 A3_API_TOKEN_DEFAULT_DAYS = env_int("A3_API_TOKEN_DEFAULT_DAYS", 90, minimum=0)
 A3_ALERT_RETENTION_DAYS = env_int("A3_ALERT_RETENTION_DAYS", 90, minimum=1)
+# Password reset links (sent by mail) stay valid this long, and work once.
+PASSWORD_RESET_TIMEOUT = env_int("A3_PASSWORD_RESET_SECONDS", 3600, minimum=300)
+# The dashboard's address as people reach it. Links in mail are built on it, never on the
+# request's Host header, which the client chooses.
+A3_PUBLIC_URL = (env_str("A3_PUBLIC_URL") or f"http://{A3_HOSTNAME}:{A3_HTTP_LISTEN[1]}").rstrip("/")
+if not A3_PUBLIC_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("A3_PUBLIC_URL must start with http:// or https://")
 
 # --- Second factors (docs/authentication.md) -------------------------------------------
 # Roles that must have a second factor; they are sent to enrolment before anything else.
@@ -343,12 +356,61 @@ OTP_STATIC_THROTTLE_FACTOR = 1
 # The relying party is the host name users reach the dashboard at; passkeys are bound to it.
 OTP_WEBAUTHN_RP_ID = env_str("A3_WEBAUTHN_RP_ID") or A3_HOSTNAME
 OTP_WEBAUTHN_RP_NAME = env_str("A3_WEBAUTHN_RP_NAME") or "A3Mailer"
+# Browsers offer passkeys on secure origins only: https://, or plain http on localhost (the
+# development default). Any other origin, such as https on a port other than 443, is listed in
+# A3_WEBAUTHN_ALLOWED_ORIGINS; a plain-http origin on another name would fail the library's
+# system check and stop the server from starting.
 OTP_WEBAUTHN_ALLOWED_ORIGINS = env_list("A3_WEBAUTHN_ALLOWED_ORIGINS", []) or [
     f"https://{OTP_WEBAUTHN_RP_ID}",
-    f"http://{OTP_WEBAUTHN_RP_ID}:{A3_HTTP_LISTEN[1]}",
+    *([f"http://localhost:{A3_HTTP_LISTEN[1]}"] if OTP_WEBAUTHN_RP_ID == "localhost" else []),
 ]
+# Passkeys sign in on their own (they are both factors); the library then also requires
+# discoverable credentials at registration, so every passkey can do that.
+OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = True
 
 # --- Single sign-on -----------------------------------------------------------------------
+# Identity providers are rows of accounts.SsoProvider, managed on the dashboard and at
+# /api/v1/sso-providers/ (docs/authentication.md). One OpenID Connect provider can also be
+# described here; `manage.py sso_provider_sync` writes it to the database (slug "oidc").
+A3_OIDC_ISSUER = env_str("A3_OIDC_ISSUER").strip()
+A3_OIDC_CLIENT_ID = env_str("A3_OIDC_CLIENT_ID").strip()
+A3_OIDC_CLIENT_SECRET = env_secret("A3_OIDC_CLIENT_SECRET")
+A3_OIDC_NAME = env_str("A3_OIDC_NAME", "Single sign-on").strip()
+# What counts as a second factor asserted by a provider trusted for MFA: any of these `amr`
+# values (RFC 8176) in the ID token, or an `acr` (OIDC) / AuthnContextClassRef (SAML) listed.
+A3_SSO_MFA_AMR = env_list("A3_SSO_MFA_AMR", ["mfa", "otp", "hwk", "swk"])
+A3_SSO_MFA_ACR = env_list(
+    "A3_SSO_MFA_ACR",
+    [
+        "http://schemas.openid.net/pape/policies/2007/06/multi-factor",
+        "https://refeds.org/profile/mfa",
+        "http://schemas.microsoft.com/claims/multipleauthn",
+        "phr",
+        "phrh",
+    ],
+)
+# SAML service provider. The entity ID defaults to the metadata URL as it was reached; set it
+# when the dashboard has more than one name. The optional certificate and key (PEM files) sign
+# our AuthnRequests and are published in the metadata.
+A3_SAML_SP_ENTITY_ID = env_str("A3_SAML_SP_ENTITY_ID").strip()
+A3_SAML_SP_CERT = env_str("A3_SAML_SP_CERT")
+A3_SAML_SP_KEY = env_str("A3_SAML_SP_KEY")
+if bool(A3_SAML_SP_CERT) != bool(A3_SAML_SP_KEY):
+    raise ImproperlyConfigured("A3_SAML_SP_CERT and A3_SAML_SP_KEY must be set together")
+# social-auth runs the identity checks; apps/accounts/sso/pipeline.py holds our steps, and
+# apps/accounts/sso/flow.py starts the session through accounts.services.login_complete.
+SOCIAL_AUTH_PIPELINE = [
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "apps.accounts.sso.pipeline.identity_read",
+    "social_core.pipeline.social_auth.social_user",
+    "apps.accounts.sso.pipeline.account_resolve",
+    "social_core.pipeline.social_auth.associate_user",
+    "apps.accounts.sso.pipeline.roles_apply",
+    "apps.accounts.sso.pipeline.assurance_read",
+]
+SOCIAL_AUTH_LOGIN_ERROR_URL = "accounts:login"
+SOCIAL_AUTH_REQUESTS_TIMEOUT = 10
 
 # --- Security headers and cookies ------------------------------------------------------
 A3_SECURE_COOKIES = env_bool("A3_SECURE_COOKIES", True)
@@ -448,6 +510,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "AlertLevelEnum": "apps.alerts.models.Alert.Level",
         "UserRoleEnum": "apps.accounts.models.User.Role",
+        "SsoProviderKindEnum": "apps.accounts.models.SsoProvider.Kind",
     },
 }
 

@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from apps.accounts import urls as accounts_urls
 from apps.core import views as core_views
 
 api_v1 = [
@@ -26,6 +27,8 @@ urlpatterns = [
         csp_update({"style-src": [UNSAFE_INLINE]})(SpectacularSwaggerSplitView.as_view(url_name="schema")),
         name="api-docs",
     ),
+    # Passkey ceremonies: in the namespace django-otp-webauthn's template tags reverse.
+    path("accounts/passkeys/", include((accounts_urls.webauthn_urlpatterns, "otp_webauthn"))),
     path("accounts/", include("apps.accounts.urls")),
     path("mail/", include("apps.mailboxes.urls")),
     path("alerts/", include("apps.alerts.urls")),

@@ -9,6 +9,7 @@ const out = join(here, "..", "static");
 const copies = [
   ["src/css/app.css", "css/app.css"],
   ["src/js/app.js", "js/app.js"],
+  ["src/js/passkeys.js", "js/passkeys.js"],
   ["src/img/favicon.svg", "img/favicon.svg"],
   ["node_modules/htmx.org/dist/htmx.min.js", "vendor/htmx.min.js"],
   ["node_modules/htmx.org/LICENSE", "vendor/htmx.LICENSE"],

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import django_filters
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -12,7 +15,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from apps.accounts import lockout, selectors, services
+from apps.accounts import lockout, mfa, selectors, services
 from apps.accounts.exceptions import AuthenticationFailed, LockedOut
 from apps.accounts.forms import (
     LockoutClearForm,
@@ -21,6 +24,7 @@ from apps.accounts.forms import (
     UserCreateForm,
     UserUpdateForm,
 )
+from apps.accounts.models import AuthEvent
 from apps.core.exceptions import ApplicationError
 from apps.core.forms import apply_application_error
 from apps.core.htmx import htmx_partial
@@ -40,12 +44,14 @@ def _safe_next(request: HttpRequest) -> str:
 @csrf_protect
 @never_cache
 def login_view(request: HttpRequest) -> HttpResponse:
-    """Password step. Further factors and SSO plug in between verify and complete."""
+    """Password step. An account with a second factor is not signed in yet: the pending
+    sign-in waits (mfa.PENDING_SECONDS) for accounts:login-mfa."""
     if request.user.is_authenticated:
         return HttpResponseRedirect(_safe_next(request))
     form = LoginForm(request.POST or None)
     retry_after = None
     if request.method == "POST" and form.is_valid():
+        mfa.mfa_pending_clear(request)  # a new password step replaces any earlier one
         try:
             user = services.credentials_verify(
                 request=request,
@@ -58,6 +64,9 @@ def login_view(request: HttpRequest) -> HttpResponse:
         except AuthenticationFailed as exc:
             form.add_error(None, exc.message)
         else:
+            if mfa.mfa_enabled(user):
+                mfa.mfa_pending_start(request=request, user=user, next_url=_safe_next(request))
+                return redirect("accounts:login-mfa")
             services.login_complete(request=request, user=user)
             return HttpResponseRedirect(_safe_next(request))
     status = 200 if request.method != "POST" else 429 if retry_after else 400
@@ -83,6 +92,7 @@ def tokens_view(request: HttpRequest) -> HttpResponse:
     issued_secret = None
     if request.method == "POST" and form.is_valid():
         try:
+            mfa.mfa_session_require(request)
             issued = services.api_token_create(
                 user=request.user,
                 name=form.cleaned_data["name"],
@@ -155,7 +165,13 @@ def user_edit_view(request: HttpRequest, user_id: int) -> HttpResponse:
         else:
             messages.success(request, f"User {user.email} updated.")
             return redirect("accounts:user-list")
-    return render(request, "accounts/user_form.html", {"form": form, "subject": user})
+    context = {
+        "form": form,
+        "subject": user,
+        "subject_mfa": mfa.mfa_status(user),
+        "can_reset_mfa": mfa.mfa_reset_allowed(actor=request.user, user=user),
+    }
+    return render(request, "accounts/user_form.html", context)
 
 
 @superadmin_required
@@ -172,11 +188,45 @@ def user_delete_view(request: HttpRequest, user_id: int) -> HttpResponse:
     return render(request, "accounts/user_confirm_delete.html", {"subject": user})
 
 
+class AuthEventFilter(django_filters.FilterSet):
+    """Filters of the sign-in log page. They only narrow what the selector allows."""
+
+    kind = django_filters.ChoiceFilter(
+        choices=AuthEvent.Kind.choices, empty_label="All events", label="Event"
+    )
+    email = django_filters.CharFilter(method="filter_email", label="Account")
+    since = django_filters.DateFilter(
+        field_name="created_at",
+        lookup_expr="date__gte",
+        label="From",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    until = django_filters.DateFilter(
+        field_name="created_at",
+        lookup_expr="date__lte",
+        label="To",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+
+    def filter_email(self, queryset: QuerySet[AuthEvent], name: str, value: str) -> QuerySet[AuthEvent]:
+        # The typed name of a failure, or the account an event belongs to.
+        value = value.strip()
+        if not value:
+            return queryset
+        return queryset.filter(Q(email__icontains=value) | Q(user__email__icontains=value))
+
+
 @login_required
 def auth_events_view(request: HttpRequest) -> HttpResponse:
-    events = selectors.auth_event_list(actor=request.user)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
-    return render(request, "accounts/auth_events.html", {"page": page})
+    """The sign-in record: superadmins see everyone's, others their own; filter by event,
+    account (superadmins), and date."""
+    events = AuthEventFilter(request.GET or None, queryset=selectors.auth_event_list(actor=request.user))
+    if not request.user.is_superadmin:
+        del events.filters["email"]  # everyone else sees only their own account
+    page = Paginator(events.qs, 50).get_page(request.GET.get("page"))
+    partial = htmx_partial(request)
+    template = "accounts/partials/auth_event_table.html" if partial else "accounts/auth_events.html"
+    return render(request, template, {"page": page, "filter": events})
 
 
 @superadmin_required

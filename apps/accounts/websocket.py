@@ -52,7 +52,10 @@ def websocket_origin_guard(app):
 @database_sync_to_async
 def _user_for_bearer(secret: str):
     resolved = services.api_token_authenticate(secret)
-    return resolved[0] if resolved else AnonymousUser()
+    # An enrolment-scope token reaches the MFA enrolment endpoints and nothing else.
+    if not resolved or resolved[1].scope != "full":
+        return AnonymousUser()
+    return resolved[0]
 
 
 class WebSocketAuthMiddleware:

@@ -154,6 +154,8 @@ def installation(tmp_path: Path, *, extra_env: dict[str, str] | None = None) -> 
                 "DJANGO_SUPERUSER_EMAIL": ADMIN_EMAIL,
                 "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD,
                 "A3_HEARTBEAT_SECONDS": "2",
+                # Password-only tokens for the tests at large; the MFA tests switch the policy on.
+                "A3_MFA_REQUIRED_ROLES": "",
                 "A3_LOG_FORMAT": "json",
                 "PYTHONUNBUFFERED": "1",
             }

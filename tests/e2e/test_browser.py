@@ -32,7 +32,7 @@ def _login(page, base_url: str) -> None:
     assert "/accounts/login/" in page.url
     page.fill("input[name=email]", ADMIN_EMAIL)
     page.fill("input[name=password]", ADMIN_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.wait_for_url(f"{base_url}/")
 
 

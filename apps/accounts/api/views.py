@@ -11,7 +11,8 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
-from apps.accounts import lockout, selectors, services
+from apps.accounts import lockout, mfa, selectors, services
+from apps.accounts.api.mfa import TokenObtainedOutputSerializer
 from apps.accounts.api.permissions import IsSuperadmin
 from apps.accounts.api.serializers import (
     ApiTokenOutputSerializer,
@@ -42,7 +43,9 @@ def _issued(issued: services.IssuedToken) -> dict:
 
 
 class TokenObtainView(APIView):
-    """Exchange email and password for a bearer token."""
+    """Exchange email and password (and `otp` once the account has a second factor) for a
+    bearer token. Where policy requires a second factor the account does not have yet, the
+    token has the `mfa_enrolment` scope."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -52,9 +55,16 @@ class TokenObtainView(APIView):
     @extend_schema(
         request=TokenObtainInputSerializer,
         responses={
-            201: TokenIssuedOutputSerializer,
+            201: TokenObtainedOutputSerializer,
             400: ErrorSerializer,
-            401: ErrorSerializer,
+            401: OpenApiResponse(
+                ErrorSerializer,
+                description=(
+                    "`authentication_failed` (wrong or unknown email or password, never saying "
+                    "which); after a correct password, `mfa_required` (send `otp`) or "
+                    "`invalid_otp` (wrong, reused or expired code; counts towards the lockout)."
+                ),
+            ),
             429: OpenApiResponse(
                 ErrorSerializer,
                 description="`locked_out` after repeated failures (with Retry-After), or `throttled`.",
@@ -67,13 +77,17 @@ class TokenObtainView(APIView):
         user = services.credentials_verify(
             request=request, email=data["email"], password=data["password"], channel="api"
         )
-        issued = services.api_token_create(
+        issued = mfa.api_token_obtain(
             user=user,
+            otp=data.get("otp"),
             name=data.get("name") or "API token",
             expires_in_days=data.get("expires_in_days"),
             client=services.ClientInfo.from_request(request),
         )
-        return Response(_issued(issued), status=201)
+        body = _issued(issued)
+        if issued.token.scope != mfa.FULL_SCOPE:
+            body["scope"] = issued.token.scope  # the client must enrol before anything else
+        return Response(body, status=201)
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
@@ -97,9 +111,20 @@ class ApiTokenViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
     def get_queryset(self) -> QuerySet[ApiToken]:
         return selectors.api_token_list(actor=self.request.user)
 
-    @extend_schema(request=TokenCreateInputSerializer, responses={201: TokenIssuedOutputSerializer})
+    @extend_schema(
+        request=TokenCreateInputSerializer,
+        responses={
+            201: TokenIssuedOutputSerializer,
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="`mfa_verification_required`: the session has not passed its second factor.",
+            ),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = TokenCreateInputSerializer.validated(request.data)
+        # A session must have passed the second factor its account has or needs.
+        mfa.mfa_session_require(request)
         parent = request.auth if isinstance(request.auth, ApiToken) else None
         issued = services.api_token_create(
             user=request.user,

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
+from apps.accounts.mfa import mfa_session_require
 from apps.core.addresses import AddressError, parse_address
 from apps.core.api.errors import ErrorSerializer
 from apps.core.api.serializers import StrictInputSerializer
@@ -92,11 +93,17 @@ class AppPasswordViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
 
     @extend_schema(
         request=AppPasswordCreateInputSerializer,
-        responses={201: AppPasswordCreatedOutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer},
+        responses={
+            201: AppPasswordCreatedOutputSerializer,
+            400: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+        },
     )
     def create(self, request: Request) -> Response:
         """Create an app password; the response carries its secret, shown only this once."""
         data = AppPasswordCreateInputSerializer.validated(request.data)
+        mfa_session_require(request)  # a session must have passed its second factor
         mailbox = selectors.app_password_mailbox_get(request.user, data["mailbox"])
         issued = services.app_password_create(actor=request.user, mailbox=mailbox, name=data["name"])
         body = dict(AppPasswordOutputSerializer(issued.app_password).data, secret=issued.secret)

@@ -9,3 +9,4 @@ from apps.relay.services.queue import *  # noqa: F403
 from apps.relay.services.queue_admin import *  # noqa: F403
 from apps.relay.services.routing import *  # noqa: F403
 from apps.relay.services.submission import *  # noqa: F403
+from apps.relay.services.system_mail import *  # noqa: F403

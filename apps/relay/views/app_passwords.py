@@ -18,6 +18,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from apps.accounts.mfa import mfa_session_require
 from apps.core.exceptions import ApplicationError
 from apps.core.forms import apply_application_error
 from apps.core.htmx import htmx_partial
@@ -52,6 +53,7 @@ def app_password_list_view(request: HttpRequest) -> HttpResponse:
     issued = None
     if request.method == "POST" and form.is_valid():
         try:
+            mfa_session_require(request)  # a session must have passed its second factor
             mailbox = selectors.app_password_mailbox_get(request.user, form.cleaned_data["mailbox"])
             issued = services.app_password_create(
                 actor=request.user, mailbox=mailbox, name=form.cleaned_data["name"]
