@@ -20,13 +20,25 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# requirements.txt builds lxml and xmlsec from source (SAML sign-in), which needs
-# pkg-config libxml2-dev libxslt1-dev libxmlsec1-dev (Debian; .ci/run installs them).
-$(STAMP_RUN): requirements.txt | $(PY)
+# requirements.txt builds lxml and xmlsec from source (SAML sign-in) against the system's
+# libxml2, so both use the same one. On Debian the build libraries are installed here when
+# missing (as root), or named with the command that installs them.
+SYSTEM_PACKAGES := pkg-config libxml2-dev libxslt1-dev libxmlsec1-dev
+
+.PHONY: system-packages
+system-packages:
+	@command -v dpkg >/dev/null || exit 0; \
+	missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "apt-get install$$missing"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	else echo "Missing build libraries:$$missing. Install them with: sudo apt-get install$$missing"; exit 1; fi
+
+$(STAMP_RUN): requirements.txt | $(PY) system-packages
 	$(BIN)/pip install --quiet -r requirements.txt
 	@touch $@
 
-$(STAMP_DEV): requirements.txt requirements-dev.txt | $(PY)
+$(STAMP_DEV): requirements.txt requirements-dev.txt | $(PY) system-packages
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	@touch $@ $(STAMP_RUN)
 
