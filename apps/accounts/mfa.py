@@ -265,6 +265,7 @@ def totp_remove(*, user: User, actor: User, client: services.ClientInfo | None =
         return False
     if not mfa_enabled(user):
         StaticDevice.objects.filter(user=user).delete()
+        mfa_sessions_unverify(user)
     services.auth_event_record(
         kind=AuthEvent.Kind.MFA_REMOVED, client=client or services.ClientInfo(), user=user, factor="totp"
     )
@@ -336,6 +337,14 @@ def mfa_verify(*, user: User, otp: str, client: services.ClientInfo, channel: st
 # --- Administrators ----------------------------------------------------------------------
 
 
+def mfa_sessions_unverify(user: User) -> None:
+    """The user's sessions verified with factors that are gone no longer count as verified
+    (a stolen phone must not leave a verified session behind)."""
+    from apps.accounts.models import UserSession
+
+    UserSession.objects.filter(user=user).update(mfa_verified=False)
+
+
 def mfa_reset_allowed(*, actor: User, user: User) -> bool:
     """Superadmins may reset anyone else's factors; domain admins those of mailbox users
     who own a mailbox in a domain they administer."""
@@ -343,10 +352,13 @@ def mfa_reset_allowed(*, actor: User, user: User) -> bool:
         return False
     if actor.is_superadmin:
         return True
+    # Every mailbox of the user must be in the admin's domains: an admin of one domain must
+    # not weaken an account that also holds mail elsewhere.
     return (
         actor.is_domain_admin
         and user.role == User.Role.USER
-        and user.mailboxes.filter(domain__admins=actor).exists()
+        and user.mailboxes.exists()
+        and not user.mailboxes.exclude(domain__admins=actor).exists()
     )
 
 
@@ -367,6 +379,7 @@ def mfa_reset(
         devices = model.objects.devices_for_user(user, confirmed=None)
         removed += devices.count()
         devices.delete()
+    mfa_sessions_unverify(user)
     services.auth_event_record(
         kind=AuthEvent.Kind.MFA_RESET,
         client=client or services.ClientInfo(),

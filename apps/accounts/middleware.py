@@ -42,8 +42,9 @@ class MfaEnforcementMiddleware:
         path = request.path_info
         if path.startswith(settings.STATIC_URL):
             return True
-        if path.startswith("/api/") and request.headers.get("Authorization"):
-            return True  # a bearer token: its scope decides
+        scheme = request.headers.get("Authorization", "").split(" ", 1)[0].lower()
+        if path.startswith("/api/") and scheme == "bearer":
+            return True  # a bearer token (any other header falls back to the session): its scope decides
         try:
             match = resolve(path)
         except Resolver404:

@@ -186,8 +186,8 @@ def passkey_remove(
 ) -> WebAuthnCredential:
     """Delete one of the user's passkeys, by its owner only, and record MFA_REMOVED.
 
-    NotFoundError for a passkey that is not the user's. Sessions signed in with it stay
-    signed in; ending them is the sessions page's business.
+    NotFoundError for a passkey that is not the user's. Sessions stay signed in, but when
+    it was the last second factor they no longer count as verified.
     """
     if actor.pk != user.pk:
         raise PermissionDeniedError(
@@ -196,6 +196,10 @@ def passkey_remove(
     passkey = passkey_get(actor=user, passkey_id=passkey_id)
     name = passkey.name
     passkey.delete()
+    from apps.accounts import mfa
+
+    if not mfa.mfa_enabled(user):
+        mfa.mfa_sessions_unverify(user)
     auth_event_record(
         kind=AuthEvent.Kind.MFA_REMOVED,
         client=client or ClientInfo(),
@@ -275,6 +279,10 @@ def passkey_sign_in(*, request: HttpRequest, state: dict, data: dict) -> Passkey
         step, expected = "mfa", pending.user
     else:
         step, expected = "passwordless", None
+    if step == "passwordless" and not state.get("require_user_verification"):
+        # The challenge was issued for a second step (no user verification needed then)
+        # that has since been abandoned: a passkey alone must prove its user (PIN, biometric).
+        raise webauthn_errors.InvalidState()
     helper = WebAuthnCredential.get_webauthn_helper(request=request)
     try:
         with rewrite_exceptions(logger=logger):

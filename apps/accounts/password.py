@@ -162,9 +162,21 @@ def password_reset_request(*, email: str, client: services.ClientInfo) -> None:
     )
     if throttled:
         raise ResetThrottled()
-    if not eligible:
+    if not eligible or not _reset_mail_reaches_owner(user):
         return
     _reset_mail_send(user=user, client=client)
+
+
+def _reset_mail_reaches_owner(user: User) -> bool:
+    """A reset link may only go where only the account's owner reads it. An address in one
+    of our domains must be a mailbox the user owns: an alias or catch-all there is run by
+    the domain's admins, who must not be able to take over a more powerful account."""
+    from apps.mailboxes.models import Domain, Mailbox
+
+    domain = user.email.rpartition("@")[2]
+    if not Domain.objects.filter(name=domain).exists():
+        return True
+    return Mailbox.objects.filter(address=user.email, owner=user, is_active=True).exists()
 
 
 def _reset_mail_send(*, user: User, client: services.ClientInfo) -> None:

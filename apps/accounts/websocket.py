@@ -58,13 +58,40 @@ def _user_for_bearer(secret: str):
     return resolved[0]
 
 
+@database_sync_to_async
+def _session_user_usable(user, session_key: str | None) -> bool:
+    """A session user counts only while the session is tracked (not revoked elsewhere) and,
+    when the policy wants a second factor, has passed one: the same rules as the pages."""
+    from apps.accounts import mfa
+    from apps.accounts.models import UserSession
+
+    if not user.is_authenticated or not session_key:
+        return False
+    row = UserSession.objects.filter(session_key=session_key, user_id=user.pk).values("mfa_verified").first()
+    if row is None:
+        return False
+    return row["mfa_verified"] or not mfa.mfa_required(user)
+
+
+class _SessionGate:
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        session = scope.get("session")
+        key = getattr(session, "session_key", None)
+        if not await _session_user_usable(scope.get("user", AnonymousUser()), key):
+            scope = dict(scope, user=AnonymousUser())
+        return await self.inner(scope, receive, send)
+
+
 class WebSocketAuthMiddleware:
     """Bearer token when the handshake carries one, else the Django session cookie
     (channels' AuthMiddlewareStack), and only for handshakes that carry an Origin."""
 
     def __init__(self, inner):
         self.inner = inner
-        self.session_auth = CookieMiddleware(SessionMiddleware(AuthMiddleware(inner)))
+        self.session_auth = CookieMiddleware(SessionMiddleware(AuthMiddleware(_SessionGate(inner))))
 
     async def __call__(self, scope, receive, send):
         headers = dict(scope.get("headers", []))

@@ -378,3 +378,17 @@ def test_reset_link_is_void_once_the_user_signs_in(plain_user, settings):
 
     assert set_password(path).status_code == 400
     assert password_works(plain_user, TEST_PASSWORD)
+
+
+def test_reset_mail_never_goes_to_an_alias_a_domain_admin_controls(admin_a, domain_a, mailbox_a):
+    from tests.factories import AliasFactory, SuperadminFactory
+
+    boss = SuperadminFactory(email="boss@alpha.test")
+    AliasFactory(
+        domain=domain_a, local_part="boss", address="boss@alpha.test", destinations=["alice@alpha.test"]
+    )
+
+    response = Client().post(RESET_URL, {"email": boss.email})
+
+    assert response.status_code in (200, 302)  # the same answer as for any address
+    assert not Message.objects.exists()

@@ -219,7 +219,7 @@ MAPPING = {"mail-admins": "domain_admin", "platform": "superadmin", "*": "user"}
 
 def test_sso_role_mapping_takes_the_highest_mapped_role():
     alice = UserFactory(email="alice@example.test")
-    provider = _provider(groups_claim="groups", role_mapping=MAPPING)
+    provider = _provider(groups_claim="groups", role_mapping=MAPPING, jit_domains=["example.test"])
 
     _sign_in(provider, _claims(groups=["staff", "mail-admins", "platform"]))
 
@@ -230,7 +230,7 @@ def test_sso_role_mapping_takes_the_highest_mapped_role():
 
 def test_sso_role_mapping_fallback_demotes_a_domain_admin():
     admin = DomainAdminFactory(email="alice@example.test")
-    provider = _provider(groups_claim="groups", role_mapping=MAPPING)
+    provider = _provider(groups_claim="groups", role_mapping=MAPPING, jit_domains=["example.test"])
 
     _sign_in(provider, _claims(groups=["staff"]))
 
@@ -241,7 +241,7 @@ def test_sso_role_mapping_fallback_demotes_a_domain_admin():
 def test_sso_role_mapping_fallback_never_demotes_a_superadmin():
     SuperadminFactory(email="other-root@example.test")
     root = SuperadminFactory(email="alice@example.test")
-    provider = _provider(groups_claim="groups", role_mapping=MAPPING)
+    provider = _provider(groups_claim="groups", role_mapping=MAPPING, jit_domains=["example.test"])
 
     _sign_in(provider, _claims(groups=["staff"]))
 
@@ -252,7 +252,7 @@ def test_sso_role_mapping_fallback_never_demotes_a_superadmin():
 def test_sso_role_mapping_demotes_a_superadmin_only_when_mapped_explicitly():
     SuperadminFactory(email="other-root@example.test")
     root = SuperadminFactory(email="alice@example.test")
-    provider = _provider(groups_claim="groups", role_mapping=MAPPING)
+    provider = _provider(groups_claim="groups", role_mapping=MAPPING, jit_domains=["example.test"])
 
     _sign_in(provider, _claims(groups=["mail-admins"]))
 
@@ -262,7 +262,7 @@ def test_sso_role_mapping_demotes_a_superadmin_only_when_mapped_explicitly():
 
 def test_sso_role_mapping_never_demotes_the_last_superadmin():
     root = SuperadminFactory(email="alice@example.test")
-    provider = _provider(groups_claim="groups", role_mapping=MAPPING)
+    provider = _provider(groups_claim="groups", role_mapping=MAPPING, jit_domains=["example.test"])
 
     _sign_in(provider, _claims(groups=["mail-admins"]))
 
@@ -272,7 +272,7 @@ def test_sso_role_mapping_never_demotes_the_last_superadmin():
 
 def test_sso_role_mapping_leaves_roles_alone_without_a_groups_claim():
     admin = DomainAdminFactory(email="alice@example.test")
-    provider = _provider(groups_claim="groups", role_mapping=MAPPING)
+    provider = _provider(groups_claim="groups", role_mapping=MAPPING, jit_domains=["example.test"])
 
     _sign_in(provider, _claims())  # no "groups" claim at all
 
@@ -728,3 +728,24 @@ def test_sso_provider_api_list_and_delete(api_client_for, superadmin, django_ass
     assert client.delete(f"{API_URL}{provider.pk}/").status_code == 204
     assert not SsoProvider.objects.filter(pk=provider.pk).exists()
     assert APIClient().get(f"{API_URL}{provider.pk}/").status_code == 401
+
+
+def _resolve(provider, email):
+    from apps.accounts.services import ClientInfo
+
+    identity = services.SsoIdentity(uid="u-1", email=email, email_verified=True)
+    return services.sso_account_resolve(provider=provider, identity=identity, client=ClientInfo())
+
+
+def test_sso_never_links_an_admin_through_a_provider_that_does_not_name_their_domain():
+    DomainAdminFactory(email="alice@example.test")
+    provider = _provider()  # e.g. a consumer Google provider: it can verify any address
+    with pytest.raises(services.SsoRefused):
+        _resolve(provider, "alice@example.test")
+
+
+def test_sso_links_only_addresses_of_the_providers_domains_when_it_has_some():
+    UserFactory(email="carol@example.test")
+    with pytest.raises(services.SsoRefused):
+        _resolve(_provider(jit_domains=["elsewhere.test"]), "carol@example.test")
+    assert _resolve(_provider(slug="corp2", jit_domains=["example.test"]), "carol@example.test").linked

@@ -233,3 +233,23 @@ async def test_alert_feed_keeps_domain_admin_without_domains_quiet(domain_a):
         await emit("system.disk", "error", "Global.")
 
         assert await communicator.receive_nothing(timeout=0.5)
+
+
+async def test_alert_feed_refuses_a_session_that_still_owes_its_second_factor(superadmin, settings):
+    settings.A3_MFA_REQUIRED_ROLES = ["superadmin"]
+    cookie = await session_cookie_header(superadmin)  # password only: sent to enrolment
+    communicator = WebsocketCommunicator(
+        application, WS_PATH, headers=[*BROWSER_HOST, cookie, (b"origin", GOOD_ORIGIN)]
+    )
+    assert await refusal_code(communicator) == 4401
+
+
+async def test_alert_feed_refuses_a_revoked_session(superadmin):
+    from apps.accounts.models import UserSession
+
+    cookie = await session_cookie_header(superadmin)
+    await database_sync_to_async(lambda: UserSession.objects.filter(user=superadmin).delete())()
+    communicator = WebsocketCommunicator(
+        application, WS_PATH, headers=[*BROWSER_HOST, cookie, (b"origin", GOOD_ORIGIN)]
+    )
+    assert await refusal_code(communicator) == 4401

@@ -385,14 +385,20 @@ def sso_account_resolve(
             code="email_unverified",
         )
     email = account_services.login_name_normalize(identity.email)
+    domain = email.rpartition("@")[2]
     user = User.objects.filter(email=email).first()
     if user is not None:
         sso_account_check(user=user)
+        # An IdP vouches for addresses of its own organisation only: a consumer Google
+        # account can verify any address. So linking is limited to the provider's domains
+        # when it has any, and administrators are only ever linked through a provider
+        # that names their domain.
+        if (provider.jit_domains or user.is_admin) and domain not in provider.jit_domains:
+            raise SsoRefused(NO_ACCOUNT_MESSAGE, code="no_account")
         account_services.auth_event_record(
             kind=AuthEvent.Kind.SSO_LINKED, client=client, user=user, provider=provider.slug
         )
         return SsoAccount(user=user, linked=True)
-    domain = email.rpartition("@")[2]
     if not provider.jit_provisioning or domain not in provider.jit_domains:
         raise SsoRefused(NO_ACCOUNT_MESSAGE, code="no_account")
     user = account_services.user_create(
