@@ -107,9 +107,12 @@ def web_session_touch(request: HttpRequest) -> bool:
     if not key or not user.is_authenticated:
         return True
     checked = _touch_cache_key(key)
-    if cache.get(checked) == user.pk:
-        return True
     now = timezone.now()
+    # The time of the last check travels with the entry (the cache's own expiry runs on
+    # the cache server's clock, which may not be ours).
+    last = cache.get(checked)
+    if last and last[0] == user.pk and now.timestamp() - last[1] < TOUCH_INTERVAL.total_seconds():
+        return True
     ip = services.client_ip(request)
     marker = session.get(SESSION_ROW_KEY)
     if marker is None:
@@ -122,7 +125,7 @@ def web_session_touch(request: HttpRequest) -> bool:
         )
         if not followed:
             return False
-    cache.set(checked, user.pk, TOUCH_INTERVAL.total_seconds())
+    cache.set(checked, (user.pk, now.timestamp()), TOUCH_INTERVAL.total_seconds() * 2)
     return True
 
 
