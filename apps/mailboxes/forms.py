@@ -33,6 +33,11 @@ class DomainForm(forms.Form):
         label="Recipients per hour (domain)",
         help_text="Outbound limit; 0: server default.",
     )
+    require_mfa = forms.BooleanField(
+        required=False,
+        label="Mailbox users need a second factor",
+        help_text="Administrators always do; this adds the domain's mailbox users.",
+    )
 
     def __init__(self, *args: object, editing: bool = False, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)

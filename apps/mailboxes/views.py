@@ -107,6 +107,7 @@ def domain_edit_view(request: HttpRequest, domain_id: int) -> HttpResponse:
         "admins": "\n".join(user.email for user in domain.admins.all()),
         "max_messages_per_hour": domain.max_messages_per_hour,
         "max_recipients_per_hour": domain.max_recipients_per_hour,
+        "require_mfa": domain.require_mfa,
     }
     form = DomainForm(request.POST or None, initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():

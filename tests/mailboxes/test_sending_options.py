@@ -89,3 +89,14 @@ def test_alias_page_edits_send_as(client, admin_a, domain_a, mailbox_a):
     assert response.status_code == 302
     assert list(alias.send_as.values_list("address", flat=True)) == ["alice@alpha.test"]
     assert "alice@alpha.test" in client.get(f"/mail/aliases/{alias.pk}/").content.decode()
+
+
+def test_superadmin_requires_mfa_for_a_domains_mailbox_users(superadmin, domain_a, mailbox_a, api_client_for):
+    from apps.accounts import mfa
+
+    assert not mfa.mfa_required(mailbox_a.owner)
+    response = api_client_for(superadmin).patch(
+        f"{API}/domains/{domain_a.pk}/", {"require_mfa": True}, format="json"
+    )
+    assert response.status_code == 200 and response.json()["require_mfa"] is True
+    assert mfa.mfa_required(mailbox_a.owner)

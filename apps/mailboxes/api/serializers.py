@@ -25,6 +25,7 @@ class DomainOutputSerializer(serializers.ModelSerializer):
             "default_quota_bytes",
             "max_messages_per_hour",
             "max_recipients_per_hour",
+            "require_mfa",
             "admins",
             "mailbox_count",
             "alias_count",
@@ -53,6 +54,9 @@ class DomainCreateInputSerializer(StrictInputSerializer):
     max_recipients_per_hour = serializers.IntegerField(
         required=False, min_value=0, max_value=10_000_000, default=0
     )
+    require_mfa = serializers.BooleanField(
+        required=False, default=False, help_text="Mailbox users of the domain must have a second factor too."
+    )
 
 
 class DomainUpdateInputSerializer(StrictInputSerializer):
@@ -66,6 +70,7 @@ class DomainUpdateInputSerializer(StrictInputSerializer):
     )
     max_messages_per_hour = serializers.IntegerField(required=False, min_value=0, max_value=10_000_000)
     max_recipients_per_hour = serializers.IntegerField(required=False, min_value=0, max_value=10_000_000)
+    require_mfa = serializers.BooleanField(required=False)
 
 
 class MailboxOutputSerializer(serializers.ModelSerializer):

@@ -123,6 +123,7 @@ def domain_create(
     admins: Iterable[str] = (),
     max_messages_per_hour: int = 0,
     max_recipients_per_hour: int = 0,
+    require_mfa: bool = False,
 ) -> Domain:
     """Create a hosted domain (superadmins only). The name is stored IDNA-encoded."""
     _require_superadmin(actor, "add domains")
@@ -142,6 +143,7 @@ def domain_create(
         max_aliases=max_aliases,
         max_messages_per_hour=max_messages_per_hour,
         max_recipients_per_hour=max_recipients_per_hour,
+        require_mfa=require_mfa,
     )
     if default_quota_bytes is not None:
         domain.default_quota_bytes = default_quota_bytes
@@ -172,6 +174,7 @@ def domain_update(
     admins: Iterable[str] | None = None,
     max_messages_per_hour: int | None = None,
     max_recipients_per_hour: int | None = None,
+    require_mfa: bool | None = None,
 ) -> Domain:
     """Change a domain's settings (superadmins). Disabling a domain raises an alert."""
     _require_superadmin(actor, "change domains")
@@ -185,6 +188,7 @@ def domain_update(
         ("default_quota_bytes", default_quota_bytes),
         ("max_messages_per_hour", max_messages_per_hour),
         ("max_recipients_per_hour", max_recipients_per_hour),
+        ("require_mfa", require_mfa),
     ):
         if value is not None:
             setattr(domain, name, value)
