@@ -138,6 +138,7 @@ INSTALLED_APPS = [
     "social_django",
     "apps.mailboxes",
     "apps.relay",
+    "apps.compliance",
 ]
 
 

@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("apps.mailboxes.api.urls")),
     path("", include("apps.alerts.api.urls")),
     path("", include("apps.relay.api.urls")),
+    path("", include("apps.compliance.api.urls")),
 ]
 
 urlpatterns = [
@@ -33,6 +34,7 @@ urlpatterns = [
     path("mail/", include("apps.mailboxes.urls")),
     path("alerts/", include("apps.alerts.urls")),
     path("relay/", include("apps.relay.urls")),
+    path("compliance/", include("apps.compliance.urls")),
     # One sign-in for everyone: the admin site's own login would bypass the auth record,
     # the failure alerts and (later) MFA.
     path(
