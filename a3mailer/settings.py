@@ -52,6 +52,7 @@ A3_DELIVERY_STAGES = [
     "apps.relay.services.forwarding.queue_forwards",
     "apps.relay.services.bounces.match_inbound_dsn",
     "apps.relay.services.bounces.report_local_failures",
+    "apps.compliance.services.classification.classify_stage",
 ]
 # Messages a delivery pass may take at once (its own plus others already waiting).
 A3_DELIVERY_BATCH = env_int("A3_DELIVERY_BATCH", 10, minimum=1)
@@ -512,6 +513,8 @@ SPECTACULAR_SETTINGS = {
         "AlertLevelEnum": "apps.alerts.models.Alert.Level",
         "UserRoleEnum": "apps.accounts.models.User.Role",
         "SsoProviderKindEnum": "apps.accounts.models.SsoProvider.Kind",
+        "LegalHoldScopeEnum": "apps.compliance.models.LegalHold.Scope",
+        "FolderSpecialUseEnum": "apps.mailboxes.models.Folder.SpecialUse",
     },
 }
 
@@ -557,3 +560,31 @@ LOGGING = {
 # --- Prometheus ------------------------------------------------------------------------
 PROMETHEUS_METRIC_NAMESPACE = ""
 PROMETHEUS_EXPORT_MIGRATIONS = False
+
+# --- Compliance ------------------------------------------------------------------------
+# Asked before mail is deleted for good (expunge, delete from Trash, retention, erasure):
+# each returns the message ids that must be kept (apps/mailboxes/services/mailitems.py).
+A3_DELETION_GUARDS = ["apps.compliance.services.holds.deletion_guard"]
+# Asked by mailbox pages whether a mailbox's mail is under legal hold (shown as a badge).
+A3_MAILBOX_HOLD_CHECKS = ["apps.compliance.services.holds.mailbox_is_held"]
+# Called by submission_accept inside its transaction, after the message is queued:
+# check(*, message, raw, sender_domain_id, remote_recipients) may hold its queue items (DLP).
+A3_SUBMISSION_CHECKS = ["apps.compliance.services.dlp.outbound_dlp_check"]
+# Audit log (docs/compliance.md). The lower apps write events through apps/core/audit.py,
+# which imports this recorder lazily so they never import compliance themselves.
+A3_AUDIT_RECORDER = "apps.compliance.services.audit.audit_record"
+# Key of the keyed hashes that stand in for personal values (unset: derived from the secret key).
+A3_AUDIT_PSEUDONYM_KEY = env_secret("A3_AUDIT_PSEUDONYM_KEY")
+A3_AUDIT_RETENTION_DAYS = env_int("A3_AUDIT_RETENTION_DAYS", 2555, minimum=1)
+# SIEM streaming, off unless set: "udp://host:514" or "tcp://host:514" (RFC 5424), and a
+# webhook that receives JSON batches signed with HMAC-SHA256 of A3_AUDIT_WEBHOOK_SECRET.
+A3_AUDIT_SYSLOG = env_str("A3_AUDIT_SYSLOG").strip()
+if A3_AUDIT_SYSLOG and not A3_AUDIT_SYSLOG.startswith(("udp://", "tcp://")):
+    raise ImproperlyConfigured("A3_AUDIT_SYSLOG must be udp://host:port or tcp://host:port")
+A3_AUDIT_WEBHOOK_URL = env_str("A3_AUDIT_WEBHOOK_URL").strip()
+A3_AUDIT_WEBHOOK_SECRET = env_secret("A3_AUDIT_WEBHOOK_SECRET")
+if A3_AUDIT_WEBHOOK_URL and not A3_AUDIT_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("A3_AUDIT_WEBHOOK_URL needs A3_AUDIT_WEBHOOK_SECRET")
+A3_AUDIT_STREAM_BATCH = env_int("A3_AUDIT_STREAM_BATCH", 200, minimum=1)
+# GDPR exports: how long a finished archive can be downloaded before it is deleted.
+A3_EXPORT_LINK_HOURS = env_int("A3_EXPORT_LINK_HOURS", 48, minimum=1)

@@ -19,6 +19,8 @@ task_routes = {
     "relay.*": {"queue": "mail"},
     "threats.*": {"queue": "scan"},
     "backups.*": {"queue": "backup"},
+    # Exports and erasures are long, disk-heavy jobs: kept off the mail and default queues.
+    "compliance.*": {"queue": "backup"},
 }
 
 beat_schedule = {
@@ -53,5 +55,27 @@ beat_schedule = {
     "accounts.purge_expired_tokens": {
         "task": "accounts.purge_expired_tokens",
         "schedule": crontab(minute=23, hour=3),
+    },
+    "compliance.audit_prune": {
+        "task": "compliance.audit_prune",
+        "schedule": crontab(minute=37, hour=3),
+    },
+    "compliance.audit_stream": {  # does nothing unless A3_AUDIT_SYSLOG / A3_AUDIT_WEBHOOK_URL is set
+        "task": "compliance.audit_stream",
+        "schedule": timedelta(minutes=1),
+        "options": {"expires": 55},
+    },
+    "compliance.retention_apply": {
+        "task": "compliance.retention_apply",
+        "schedule": crontab(minute=7, hour=2),
+    },
+    "compliance.exports_expire": {
+        "task": "compliance.exports_expire",
+        "schedule": crontab(minute=11),
+    },
+    "compliance.jobs_requeue_stalled": {
+        "task": "compliance.jobs_requeue_stalled",
+        "schedule": timedelta(minutes=5),
+        "options": {"expires": 120},
     },
 }

@@ -24,6 +24,7 @@ from apps.accounts.exceptions import AuthenticationFailed, LockedOut
 from apps.accounts.models import ApiToken, AuthEvent, User
 from apps.alerts.services import emit
 from apps.core.addresses import parse_address
+from apps.core.audit import audit, audit_changes, snapshot
 from apps.core.exceptions import ApplicationError, ConflictError, PermissionDeniedError
 from apps.core.metrics import LOGINS
 
@@ -125,6 +126,7 @@ def user_create(
     user.save()
     if role in ADMIN_ROLES:
         _alert_admin_granted(user=user, actor=actor)
+    audit("user.create", actor=actor, target=user, changes=audit_changes({}, user))
     return user
 
 
@@ -163,6 +165,7 @@ def user_update(
         if is_self:
             raise PermissionDeniedError("You cannot change your own role or disable yourself.")
     became_admin = False
+    before = snapshot(user)
     if full_name is not None:
         user.full_name = full_name
     if role is not None and role != user.role:
@@ -193,6 +196,7 @@ def user_update(
             )
     if became_admin:
         _alert_admin_granted(user=user, actor=actor)
+    audit("user.update", actor=actor, target=user, changes=audit_changes(before, user))
     return user
 
 
@@ -207,6 +211,7 @@ def user_delete(*, actor: User, user: User) -> None:
             f"{user.email} still owns mailboxes; delete or reassign them first.",
             code="user_owns_mailboxes",
         )
+    audit("user.delete", actor=actor, target=user)
     user.delete()
 
 
@@ -263,7 +268,7 @@ def auth_event_record(
     channel: str = "web",
     **detail: object,
 ) -> AuthEvent:
-    return AuthEvent.objects.create(
+    event = AuthEvent.objects.create(
         kind=kind,
         user=user,
         email=(email or (user.email if user else ""))[:254],
@@ -272,6 +277,19 @@ def auth_event_record(
         channel=channel,
         detail=detail,
     )
+    # The audit log carries every auth event too, so one chain holds the whole story. An
+    # administrator acting on someone (MFA reset, lockout clear) is that event's actor.
+    by = User.objects.filter(pk=detail["actor_id"]).first() if detail.get("actor_id") else user
+    context = {key: value for key, value in detail.items() if key != "actor"}  # the actor's email
+    audit(
+        f"auth.{kind}",
+        actor=by,
+        target=("user", user and user.pk, event.email),
+        client=client,
+        channel=channel,
+        **context,
+    )
+    return event
 
 
 def login_name_normalize(typed: str) -> str:

@@ -214,7 +214,12 @@ def mailbox_edit_view(request: HttpRequest, mailbox_id: int) -> HttpResponse:
             {"mailbox": mailbox, "form": form},
             status=status,
         )
-    return render(request, "mailboxes/mailbox_form.html", {"form": form, "mailbox": mailbox})
+    under_hold = services.mailbox_under_hold(mailbox=mailbox)
+    return render(
+        request,
+        "mailboxes/mailbox_form.html",
+        {"form": form, "mailbox": mailbox, "under_legal_hold": under_hold},
+    )
 
 
 @admin_required

@@ -127,6 +127,7 @@ def webmail_mailbox_view(request: HttpRequest, mailbox_id: int) -> HttpResponse:
     if htmx_partial(request):
         return render(request, "mailboxes/webmail/partials/message_list.html", context)
     context["folders"] = selectors.folder_list(actor=request.user, mailbox=mailbox)
+    context["under_legal_hold"] = services.mailbox_under_hold(mailbox=mailbox)
     return render(request, "mailboxes/webmail/mailbox.html", context)
 
 
@@ -224,5 +225,11 @@ def webmail_message_move_view(request: HttpRequest, item_id: int) -> HttpRespons
 def webmail_message_delete_view(request: HttpRequest, item_id: int) -> HttpResponse:
     item = selectors.mail_item_get(actor=request.user, item_id=item_id)
     back = _folder_url(item)
-    moved = services.mail_item_delete(actor=request.user, item=item)
+    try:
+        moved = services.mail_item_delete(actor=request.user, item=item)
+    except services.DeletionHeld as exc:
+        # Nothing was deleted: say why and stay on the message.
+        messages.error(request, exc.message)
+        url = reverse("mailboxes:webmail-message", args=[item.pk])
+        return HttpResponseClientRedirect(url) if htmx_partial(request) else redirect(url)
     return _done(request, back, "Deleted for good." if moved is None else f"Moved to {moved.folder.name}.")

@@ -38,6 +38,7 @@ from apps.accounts.models import AuthEvent, SsoProvider, User
 from apps.accounts.sso.exceptions import SamlAssertionReplayed, SsoRefused
 from apps.alerts.services import emit
 from apps.core.addresses import AddressError, normalize_domain
+from apps.core.audit import audit, audit_changes, snapshot
 from apps.core.exceptions import ApplicationError, ConflictError, PermissionDeniedError
 from apps.core.secrets import secret_encrypt
 
@@ -102,6 +103,7 @@ def sso_provider_create(*, actor: User | None, values: Mapping[str, object]) -> 
     _provider_clean(provider)
     provider.save()
     _provider_alert(provider, actor=actor, verb="added")
+    audit("sso_provider.create", actor=actor, target=provider, changes=audit_changes({}, provider))
     return provider
 
 
@@ -113,10 +115,12 @@ def sso_provider_update(
     leaving the key out keeps it. Same errors as sso_provider_create."""
     if actor is not None:
         _require_superadmin(actor)
+    before = snapshot(provider)
     _provider_apply(provider, values)
     _provider_clean(provider)
     provider.save()
     _provider_alert(provider, actor=actor, verb="changed")
+    audit("sso_provider.update", actor=actor, target=provider, changes=audit_changes(before, provider))
     return provider
 
 
@@ -129,6 +133,7 @@ def sso_provider_delete(*, actor: User, provider: SsoProvider) -> None:
 
     UserSocialAuth.objects.filter(provider=backend_name(provider)).delete()
     name = provider.name
+    audit("sso_provider.delete", actor=actor, target=provider)
     provider.delete()
     emit(
         "accounts.sso_provider_changed",

@@ -174,10 +174,11 @@ class MessageViewSet(GenericViewSet):
         responses={
             200: OpenApiResponse(MessageOutputSerializer, description="Moved to Trash."),
             204: OpenApiResponse(description="It was in Trash: removed for good."),
+            409: OpenApiResponse(ErrorSerializer, description="legal_hold: a legal hold keeps it."),
             **NOT_FOUND,
         },
         description="Delete as mail clients do: to Trash first; from Trash, for good "
-        "(its bytes go back to the quota).",
+        "(its bytes go back to the quota). Mail under legal hold stays: 409 `legal_hold`.",
     )
     def destroy(self, request: Request, pk: str | None = None) -> Response:
         moved = services.mail_item_delete(actor=request.user, item=self._item(pk))
@@ -244,8 +245,16 @@ class MailboxFolderViewSet(GenericViewSet):
 
     @extend_schema(
         request=FolderExpungeInputSerializer,
-        responses={200: FolderExpungeOutputSerializer, **ERRORS},
-        description="Remove for good every message in the folder flagged \\Deleted.",
+        responses={
+            200: FolderExpungeOutputSerializer,
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="legal_hold: the others were removed; `fields` has the `kept` and `removed` counts.",
+            ),
+            **ERRORS,
+        },
+        description="Remove for good every message in the folder flagged \\Deleted. Mail under "
+        "legal hold stays (409 `legal_hold`).",
     )
     @action(detail=True, methods=["post"])
     def expunge(self, request: Request, pk: str | None = None) -> Response:

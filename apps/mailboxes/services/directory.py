@@ -13,6 +13,7 @@ from apps.accounts import services as account_services
 from apps.accounts.models import User
 from apps.alerts.services import emit
 from apps.core.addresses import Address, normalize_domain, parse_address
+from apps.core.audit import audit, audit_changes, snapshot
 from apps.core.exceptions import (
     ApplicationError,
     ConflictError,
@@ -28,7 +29,7 @@ from apps.mailboxes.models import (
     Mailbox,
     MailItem,
 )
-from apps.mailboxes.services.mailitems import remove_mail_items
+from apps.mailboxes.services.mailitems import DeletionHeld, remove_mail_items
 
 MAX_ALIAS_DEPTH = 16
 MAX_ALIAS_DESTINATIONS = 500
@@ -158,6 +159,7 @@ def domain_create(
         domain=domain.name,
         actor=actor.email,
     )
+    audit("domain.create", actor=actor, target=domain, changes=audit_changes({}, domain), domain_id=domain.pk)
     return domain
 
 
@@ -180,6 +182,7 @@ def domain_update(
     _require_superadmin(actor, "change domains")
     _check_quota(default_quota_bytes, field_name="default_quota_bytes")
     was_active = domain.is_active
+    before = snapshot(domain)
     for name, value in (
         ("description", description),
         ("is_active", is_active),
@@ -204,6 +207,8 @@ def domain_update(
             domain=domain.name,
             actor=actor.email,
         )
+    action = "domain.disable" if was_active and not domain.is_active else "domain.update"
+    audit(action, actor=actor, target=domain, changes=audit_changes(before, domain), domain_id=domain.pk)
     return domain
 
 
@@ -247,6 +252,7 @@ def domain_delete(*, actor: User, domain: Domain) -> DeletionReport:
         _alias_delete_cascade(alias, report)
     for mailbox in list(domain.mailboxes.select_related("owner")):
         _mailbox_delete_cascade(mailbox, report)
+    audit("domain.delete", actor=actor, target=domain, domain_id=domain.pk, mailboxes=len(report.mailboxes))
     domain.delete()
     return report
 
@@ -302,6 +308,9 @@ def mailbox_create(
         address=mailbox.address,
         actor=actor.email,
     )
+    audit(
+        "mailbox.create", actor=actor, target=mailbox, changes=audit_changes({}, mailbox), domain_id=domain.pk
+    )
     return mailbox
 
 
@@ -330,6 +339,7 @@ def mailbox_update(
         _require_manage(actor, mailbox.domain)
     _check_quota(quota_bytes)
     was_active = mailbox.is_active
+    before = snapshot(mailbox)
     if password:
         account_services.password_validate(password)
         mailbox.password = make_password(password)
@@ -357,6 +367,13 @@ def mailbox_update(
             address=mailbox.address,
             actor=actor.email,
         )
+    action = {(True, False): "mailbox.disable", (False, True): "mailbox.enable"}.get(
+        (was_active, mailbox.is_active)
+    )
+    changes = audit_changes(before, mailbox)
+    audit(
+        action or "mailbox.update", actor=actor, target=mailbox, changes=changes, domain_id=mailbox.domain_id
+    )
     return mailbox
 
 
@@ -376,6 +393,7 @@ def mailbox_delete(*, actor: User, mailbox: Mailbox) -> DeletionReport:
     else."""
     _require_manage(actor, mailbox.domain)
     report = DeletionReport()
+    audit("mailbox.delete", actor=actor, target=mailbox, domain_id=mailbox.domain_id)
     _mailbox_delete_cascade(mailbox, report)
     return report
 
@@ -431,7 +449,12 @@ def _mailbox_delete_cascade(mailbox: Mailbox, report: DeletionReport) -> None:
     owner = mailbox.owner
     report.mailboxes.append(mailbox.address)
     # Its mail first: messages no other mailbox holds go too (their blobs with the sweep).
-    remove_mail_items(MailItem.objects.filter(mailbox=mailbox))
+    removal = remove_mail_items(
+        MailItem.objects.filter(mailbox=mailbox), via="mailbox_delete", mailbox_id=mailbox.pk
+    )
+    if removal.kept:
+        # Deleting the mailbox would drop the held items with it: refuse the whole thing.
+        raise DeletionHeld(kept=removal.kept, removed=0)
     mailbox.delete()
     # Only the account made for this mailbox (same address) goes with it; an owner that
     # was assigned is a person with a life beyond this mailbox.
@@ -589,6 +612,8 @@ def alias_create(
     AliasDestination.objects.bulk_create(AliasDestination(alias=alias, address=v) for v in values)
     if send_as:
         alias.send_as.set(_send_as_mailboxes(actor, alias, send_as))
+    changes = audit_changes({}, alias, destinations=values)
+    audit("alias.create", actor=actor, target=alias, changes=changes, domain_id=domain.pk)
     return alias
 
 
@@ -629,6 +654,7 @@ def alias_update(
     send_as: Iterable[str] | None = None,
 ) -> Alias:
     _require_manage(actor, alias.domain)
+    before = snapshot(alias, destinations=sorted(alias.destinations.values_list("address", flat=True)))
     if send_as is not None:
         alias.send_as.set(_send_as_mailboxes(actor, alias, send_as))
     if destinations is not None:
@@ -641,6 +667,14 @@ def alias_update(
     if is_active is not None:
         alias.is_active = is_active
     alias.save()
+    after = sorted(alias.destinations.values_list("address", flat=True))
+    audit(
+        "alias.update",
+        actor=actor,
+        target=alias,
+        changes=audit_changes(before, alias, destinations=after),
+        domain_id=alias.domain_id,
+    )
     return alias
 
 
@@ -649,5 +683,6 @@ def alias_delete(*, actor: User, alias: Alias) -> DeletionReport:
     """Delete an alias and remove it from other aliases' destinations."""
     _require_manage(actor, alias.domain)
     report = DeletionReport()
+    audit("alias.delete", actor=actor, target=alias, domain_id=alias.domain_id)
     _alias_delete_cascade(alias, report)
     return report

@@ -106,7 +106,7 @@ class TransportRuleViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
     )
     def create(self, request: Request) -> Response:
         data = TransportRuleCreateInputSerializer.validated(request.data)
-        rule = services.transport_rule_create(**data)
+        rule = services.transport_rule_create(actor=request.user, **data)
         return Response(TransportRuleOutputSerializer(rule).data, status=201)
 
     @extend_schema(
@@ -115,10 +115,10 @@ class TransportRuleViewSet(ListModelMixin, RetrieveModelMixin, GenericViewSet):
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         """Change a rule; the domain is fixed (delete the rule and add another instead)."""
         data = TransportRuleUpdateInputSerializer.validated(request.data)
-        rule = services.transport_rule_update(rule=self.get_object(), **data)
+        rule = services.transport_rule_update(rule=self.get_object(), actor=request.user, **data)
         return Response(TransportRuleOutputSerializer(rule).data)
 
     @extend_schema(responses={204: None, 403: ErrorSerializer, 404: ErrorSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
-        services.transport_rule_delete(rule=self.get_object())
+        services.transport_rule_delete(rule=self.get_object(), actor=request.user)
         return Response(status=204)

@@ -27,6 +27,7 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.alerts.services import emit
 from apps.core.addresses import AddressError, normalize_domain
+from apps.core.audit import audit
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from apps.mailboxes.models import Domain
 from apps.relay.dns import DnsTemporaryError, txt_records
@@ -329,6 +330,14 @@ def dkim_key_create(
         ) from None
     if activate:
         _announce_activation(actor, key, None)
+    audit(
+        "dkim_key.create",
+        actor=actor,
+        target=key,
+        domain_id=domain.pk,
+        selector=key.selector,
+        active=activate,
+    )
     return key
 
 
@@ -354,6 +363,13 @@ def dkim_key_activate(*, actor: User, key: DkimKey) -> DkimKey:
     key.retired_at = None
     key.save(update_fields=["is_active", "retired_at", "updated_at"])
     _announce_activation(actor, key, previous)
+    audit(
+        "dkim_key.activate",
+        actor=actor,
+        target=key,
+        domain_id=key.domain_id,
+        retired_id=previous and previous.pk,
+    )
     return key
 
 
@@ -372,6 +388,7 @@ def dkim_key_rotate(
     key = dkim_key_create(actor=actor, domain=domain, algorithm=algorithm)
     if activate and not key.is_active:
         key = dkim_key_activate(actor=actor, key=key)
+    audit("dkim_key.rotate", actor=actor, target=key, domain_id=domain.pk, activated=key.is_active)
     return key
 
 
@@ -397,6 +414,7 @@ def dkim_key_delete(*, actor: User, key: DkimKey) -> None:
             "actor": actor.email,
         },
     )
+    audit("dkim_key.delete", actor=actor, target=key, domain_id=key.domain_id, selector=key.selector)
     key.delete()
 
 

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.addresses import AddressError, parse_address
+from apps.core.audit import audit
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.relay import selectors
 from apps.relay.models import QueueItem, QueueRecipient
@@ -120,6 +121,7 @@ def queue_item_retry(*, actor: User, item: QueueItem) -> QueueItem:
     item.save(update_fields=["state", "next_attempt_at", "updated_at"])
     _wake(item)
     logger.info("queue item %s retried by user %s", item.pk, actor.pk)
+    audit("queue.retry", actor=actor, target=item, domain_id=_local_domain_id(item))
     return item
 
 
@@ -135,6 +137,7 @@ def queue_item_hold(*, actor: User, item: QueueItem) -> QueueItem:
         item.on_hold = True
         item.save(update_fields=["on_hold", "updated_at"])
         logger.info("queue item %s held by user %s", item.pk, actor.pk)
+        audit("queue.hold", actor=actor, target=item, domain_id=_local_domain_id(item))
     return item
 
 
@@ -151,6 +154,7 @@ def queue_item_release(*, actor: User, item: QueueItem) -> QueueItem:
     if item.state in (State.QUEUED, State.DEFERRED):
         _wake(item)
     logger.info("queue item %s released by user %s", item.pk, actor.pk)
+    audit("queue.release", actor=actor, target=item, domain_id=_local_domain_id(item))
     return item
 
 
@@ -168,6 +172,12 @@ def queue_item_delete(*, actor: User, item: QueueItem, bounce: bool = False) -> 
     _refuse_sending(item)
     queue_id = item.message.queue_id
     item_id = item.pk
+    audit(
+        "queue.bounce" if bounce else "queue.delete",
+        actor=actor,
+        target=item,
+        domain_id=_local_domain_id(item),
+    )
     if not bounce:
         item.delete()
         _alert(

@@ -12,7 +12,9 @@ import srslib
 from django.conf import settings
 from django.db.models import Q
 
+from apps.accounts.models import User
 from apps.core.addresses import AddressError, normalize_domain, parse_address
+from apps.core.audit import audit, audit_changes, snapshot
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.relay.models import TransportRule
 from apps.relay.secrets import secret_decrypt, secret_encrypt
@@ -107,7 +109,7 @@ def _rule_validate(host: str, port: int, tls: str) -> None:
 
 
 def transport_rule_create(
-    *, domain: str, host: str, port: int = 25, password: str = "", **fields: object
+    *, domain: str, host: str, port: int = 25, password: str = "", actor: User | None = None, **fields: object
 ) -> TransportRule:
     """Route mail for `domain` ("*" for all) to host:port. Superadmins only (callers check)."""
     name = _rule_domain(domain)
@@ -118,29 +120,34 @@ def transport_rule_create(
     unknown = set(fields) - _RULE_FIELDS
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")
-    return TransportRule.objects.create(
+    rule = TransportRule.objects.create(
         domain=name, host=host.strip(), port=port, password=secret_encrypt(password), **fields
     )
+    audit("transport_rule.create", actor=actor, target=rule, changes=audit_changes({}, rule))
+    return rule
 
 
 def transport_rule_update(
-    *, rule: TransportRule, password: str | None = None, **fields: object
+    *, rule: TransportRule, password: str | None = None, actor: User | None = None, **fields: object
 ) -> TransportRule:
     unknown = set(fields) - _RULE_FIELDS
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")
+    before = snapshot(rule)
     for name, value in fields.items():
         setattr(rule, name, value)
     _rule_validate(rule.host, rule.port, rule.tls)
     if password is not None:
         rule.password = secret_encrypt(password)
     rule.save()
+    audit("transport_rule.update", actor=actor, target=rule, changes=audit_changes(before, rule))
     return rule
 
 
-def transport_rule_delete(*, rule: TransportRule) -> None:
+def transport_rule_delete(*, rule: TransportRule, actor: User | None = None) -> None:
     if rule.pk is None:
         raise NotFoundError("No such transport rule.")
+    audit("transport_rule.delete", actor=actor, target=rule)
     rule.delete()
 
 

@@ -16,8 +16,10 @@ from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from apps.core.addresses import AddressError, parse_address
+from apps.core.audit import audit
 from apps.core.db import durable_atomic
 from apps.core.exceptions import ApplicationError, NotFoundError
 from apps.mailboxes import services as mail_services
@@ -260,6 +262,12 @@ def submission_accept(
         (message,) = mail_services.messages_accept(incoming=[incoming])
         if remote:
             queue_items_create(message=message, sender=mail_from, recipients=[(a, "") for a in remote])
+        # Policy checks of other apps (DLP) by dotted path, so relay never imports them;
+        # inside the transaction, so a hold is in place before delivery can start.
+        for path in settings.A3_SUBMISSION_CHECKS:
+            import_string(path)(
+                message=message, raw=stored, sender_domain_id=sender.domain_id, remote_recipients=remote
+            )
     return message
 
 
@@ -288,6 +296,13 @@ def app_password_create(*, actor, mailbox: Mailbox, name: str) -> NewAppPassword
     app_password = AppPassword.objects.create(
         mailbox=mailbox, name=name, secret_hash=_app_password_hash(secret)
     )
+    audit(
+        "app_password.create",
+        actor=actor,
+        target=app_password,
+        domain_id=mailbox.domain_id,
+        mailbox=mailbox.pk,
+    )
     return NewAppPassword(app_password=app_password, secret=secret)
 
 
@@ -297,4 +312,7 @@ def app_password_revoke(*, actor, app_password: AppPassword) -> AppPassword:
     if app_password.revoked_at is None:
         app_password.revoked_at = timezone.now()
         app_password.save(update_fields=["revoked_at"])
+        audit(
+            "app_password.revoke", actor=actor, target=app_password, domain_id=app_password.mailbox.domain_id
+        )
     return app_password

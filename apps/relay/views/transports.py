@@ -85,7 +85,7 @@ def transport_create_view(request: HttpRequest) -> HttpResponse:
     form = TransportRuleForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            rule = services.transport_rule_create(**form.service_kwargs())
+            rule = services.transport_rule_create(actor=request.user, **form.service_kwargs())
         except ApplicationError as exc:
             apply_application_error(form, exc)
         else:
@@ -110,7 +110,7 @@ def transport_edit_view(request: HttpRequest, rule_id: int) -> HttpResponse:
     form = TransportRuleForm(request.POST or None, initial=initial, rule=rule)
     if request.method == "POST" and form.is_valid():
         try:
-            services.transport_rule_update(rule=rule, **form.service_kwargs())
+            services.transport_rule_update(rule=rule, actor=request.user, **form.service_kwargs())
         except ApplicationError as exc:
             apply_application_error(form, exc)
         else:
@@ -124,7 +124,7 @@ def transport_delete_view(request: HttpRequest, rule_id: int) -> HttpResponse:
     """GET asks for confirmation; POST deletes."""
     rule = selectors.transport_rule_get(request.user, rule_id)
     if request.method == "POST":
-        services.transport_rule_delete(rule=rule)
+        services.transport_rule_delete(rule=rule, actor=request.user)
         messages.success(request, f"Transport rule for {rule.domain} deleted.")
         return redirect("relay:transport-list")
     return render(request, "relay/transport_confirm_delete.html", {"rule": rule})
