@@ -247,3 +247,13 @@ def test_audit_record_stays_linear_under_concurrent_appends():
 
     assert errors == []
     assert services.audit_verify() == services.VerifyResult(ok=True, checked=20)
+
+
+def test_pseudonymising_an_idn_address_finds_its_display_form(db):
+    from apps.compliance.models import AuditEvent
+    from apps.compliance.services import audit_pseudonymise, audit_record, audit_verify
+
+    audit_record(action="mailbox.create", target=("mailbox", "7", "u@bücher.test"))
+    assert audit_pseudonymise("u@xn--bcher-kva.test") == 1
+    assert "bücher" not in AuditEvent.objects.get().target_display
+    assert audit_verify().ok

@@ -330,3 +330,23 @@ def test_gdpr_erasure_page_confirms_then_shows_certificate(
 def test_gdpr_erasure_page_is_for_superadmins_only(client, admin_a):
     client.force_login(admin_a)
     assert client.get("/compliance/gdpr/erasures/new/").status_code == 404
+
+
+def test_domain_admin_export_of_a_mailbox_owner_leaves_out_their_account(admin_a, domain_a, domain_b):
+    from apps.compliance.services import gdpr
+    from tests.factories import MailboxFactory
+
+    box = MailboxFactory(domain=domain_a, local_part="c", address="c@alpha.test")
+    MailboxFactory(domain=domain_b, local_part="secret", address="secret@beta.test", owner=box.owner)
+    subject = gdpr._subject_resolve(actor=admin_a, subject=box.owner.email)
+    assert subject.user is None
+    assert [m.address for m in subject.mailboxes] == ["c@alpha.test"]
+
+
+def test_owner_of_a_disabled_mailbox_cannot_export_its_mail(mailbox_a, user_a):
+    from apps.compliance.services import gdpr
+
+    mailbox_a.is_active = False
+    mailbox_a.save()
+    # Their own account data, yes; the mail an admin cut them off from, no.
+    assert gdpr._subject_resolve(actor=user_a, subject=mailbox_a.address).mailboxes == []

@@ -9,6 +9,7 @@ form, and the chain, do not change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -31,7 +32,8 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.accounts.services import ClientInfo
 from apps.compliance.models import AuditEvent, AuditStreamState
-from apps.core.exceptions import TemporaryFailure
+from apps.core.addresses import normalize_domain
+from apps.core.exceptions import ApplicationError, TemporaryFailure
 from apps.core.logging import request_id_var
 
 __all__ = [
@@ -86,7 +88,19 @@ def subject_key(identity: str) -> str:
     leaves old rows verifiable (their keys are stored) but unfindable by identity.
     """
     key = _pseudonym_key(settings.SECRET_KEY, getattr(settings, "A3_AUDIT_PSEUDONYM_KEY", ""))
-    return hmac.new(key, identity.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(key, _identity_canonical(identity).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _identity_canonical(identity: str) -> str:
+    """One spelling per identity: an address's domain in its IDNA A-label form, so the
+    display form (bücher.test) and the stored form (xn--bcher-kva.test) are one subject."""
+    text = identity.strip().lower()
+    local, sep, domain = text.rpartition("@")
+    if sep and domain and not domain.isascii():
+        with contextlib.suppress(ApplicationError):
+            domain = normalize_domain(domain)
+        text = f"{local}@{domain}"
+    return text
 
 
 def _canonical_personal(value: str) -> str:
@@ -352,7 +366,6 @@ def audit_pseudonymise(identity: str) -> int:
     The chain still verifies, because the canonical form always used the keyed hashes.
     """
     key = subject_key(identity)
-    wanted = identity.strip().lower()
     pseudonym = PSEUDONYM_PREFIX + key
     changed = 0
     # subject_keys is a JSON list; filter it in Python so the same code runs on SQLite.
@@ -361,7 +374,7 @@ def audit_pseudonymise(identity: str) -> int:
         if key not in (event.subject_keys or []):
             continue
         fields: list[str] = []
-        if event.actor_display.strip().lower() == wanted:
+        if event.actor_display and subject_key(event.actor_display) == key:
             event.actor_display = pseudonym
             fields.append("actor_display")
             for name in ("ip", "user_agent"):
@@ -369,7 +382,7 @@ def audit_pseudonymise(identity: str) -> int:
                 if value and not value.startswith(PSEUDONYM_PREFIX):
                     setattr(event, name, PSEUDONYM_PREFIX + subject_key(value))
                     fields.append(name)
-        if event.target_display.strip().lower() == wanted:
+        if event.target_display and subject_key(event.target_display) == key:
             event.target_display = pseudonym
             fields.append("target_display")
         if fields:

@@ -122,11 +122,20 @@ def _subject_resolve(*, actor: User, subject: str) -> Subject:
     mailboxes. Unknown and out-of-scope subjects get the same NotFoundError."""
     address = _normalize(subject)
     visible = Mailbox.objects.visible_to(actor).select_related("domain")
+    if not actor.is_admin:
+        # A disabled mailbox or domain is how an admin cuts a user off: not through here.
+        visible = visible.filter(is_active=True, domain__is_active=True)
     user = User.objects.visible_to(actor).filter(email=address).first()
     mailboxes = visible.filter(Q(address=address) | Q(owner=user) if user else Q(address=address))
     found = list(mailboxes.order_by("address"))
     if user is None and not found:
         raise NotFoundError(f"No data subject {subject}.")
+    if user is not None and not actor.is_superadmin and user.pk != actor.pk:
+        # A domain admin exports the mailboxes of their domains only: the owner's account
+        # (sessions, tokens, sign-ins, audit trail) spans other domains.
+        if not found:
+            raise NotFoundError(f"No data subject {subject}.")
+        user = None
     return Subject(address=address, user=user, mailboxes=found)
 
 
@@ -141,7 +150,11 @@ def _subject_lock(subject: Subject) -> None:
 
 def _job_create(*, actor: User, subject: Subject, kind: str) -> tuple[ComplianceJob, bool]:
     _subject_lock(subject)
-    existing = ComplianceJob.objects.filter(kind=kind, subject=subject.address, state__in=_ACTIVE).first()
+    # Per requester: another requester's job may have a narrower scope, and they could not
+    # see or download it.
+    existing = ComplianceJob.objects.filter(
+        kind=kind, subject=subject.address, state__in=_ACTIVE, requested_by=actor
+    ).first()
     if existing is not None:
         return existing, False
     return ComplianceJob.objects.create(kind=kind, subject=subject.address, requested_by=actor), True
@@ -850,13 +863,20 @@ def _erase_mail(job: ComplianceJob, mailboxes: QuerySet[Mailbox], report: dict, 
     """Delete the mailboxes' mail in batches. Each batch records its blob hashes in the
     report in the same transaction that deletes its rows, so a crash never forgets a
     blob whose last reference it removed."""
+    removed = report["removed"]
+    for mailbox_id in list(mailboxes.values_list("pk", flat=True)):
+        _erase_mailbox_mail(job, mailbox_id, report, removed, actor)
+
+
+def _erase_mailbox_mail(
+    job: ComplianceJob, mailbox_id: int, report: dict, removed: dict, actor: User
+) -> None:
     from apps.mailboxes.services import remove_mail_items
 
-    removed = report["removed"]
     while True:
         with transaction.atomic():
             batch = list(
-                MailItem.objects.filter(mailbox__in=mailboxes).values_list(
+                MailItem.objects.filter(mailbox_id=mailbox_id).values_list(
                     "pk", "message_id", "message__blob_sha256"
                 )[:500]
             )
@@ -864,8 +884,12 @@ def _erase_mail(job: ComplianceJob, mailboxes: QuerySet[Mailbox], report: dict, 
                 return
             message_ids = {row[1] for row in batch}
             report["pending_blobs"] = sorted(set(report["pending_blobs"]) | {row[2] for row in batch})
+            # Per mailbox: only holds on this mailbox count, not one on a colleague's copy.
             removal = remove_mail_items(
-                MailItem.objects.filter(pk__in=[row[0] for row in batch]), via="erasure", actor=actor
+                MailItem.objects.filter(pk__in=[row[0] for row in batch]),
+                via="erasure",
+                actor=actor,
+                mailbox_id=mailbox_id,
             )
             if removal.kept:
                 # A hold placed since the run started keeps some mail: stop (the rest stays).
