@@ -91,13 +91,24 @@ class DnsServer:
                 wire = zone_ref.answer(dns.message.from_wire(data)).to_wire()
                 self.request.sendall(struct.pack("!H", len(wire)) + wire)
 
-        self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Udp)
-        self.port = self.udp.server_address[1]
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Tcp, bind_and_activate=False)
-        self.tcp.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.server_bind()
-        self.tcp.server_activate()
+        # One port number for both UDP and TCP: the UDP port is free by construction, the
+        # same TCP port may not be (busy machine), so try a few.
+        for _attempt in range(50):
+            self.udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Udp)
+            self.port = self.udp.server_address[1]
+            self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Tcp, bind_and_activate=False)
+            self.tcp.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.socket.bind(("127.0.0.1", self.port))
+            except OSError:
+                self.tcp.socket.close()
+                self.udp.server_close()
+                continue
+            self.tcp.server_activate()
+            break
+        else:
+            raise OSError("no port free for both UDP and TCP")
         self.threads = [
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
             for server in (self.udp, self.tcp)
