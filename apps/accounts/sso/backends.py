@@ -9,6 +9,7 @@ backend_name), so every provider has its own linked identities, session keys and
 
 from __future__ import annotations
 
+import abc
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,8 +46,9 @@ class SsoOutcome:
     login: services.SsoLogin | None = None
 
 
-class ProviderBackendMixin:
-    """Binds a social-core backend to one SsoProvider."""
+class ProviderBackendMixin(abc.ABC):
+    """Binds a social-core backend to one SsoProvider. Each protocol's backend says how
+    its settings come from the provider row and how its response becomes an identity."""
 
     provider: SsoProvider | None
     outcome: SsoOutcome
@@ -64,8 +66,8 @@ class ProviderBackendMixin:
         self.outcome = SsoOutcome()
         super().__init__(strategy, redirect_uri=redirect_uri)  # type: ignore[call-arg]
 
-    def provider_settings(self) -> dict[str, object]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def provider_settings(self) -> dict[str, object]: ...
 
     def setting(self, name: str, default: object = None) -> object:
         own = self.provider_settings()
@@ -73,8 +75,8 @@ class ProviderBackendMixin:
             return own[name]
         return super().setting(name, default)  # type: ignore[misc]
 
-    def sso_identity(self, *, uid: str, details: dict, response: dict) -> services.SsoIdentity:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sso_identity(self, *, uid: str, details: dict, response: dict) -> services.SsoIdentity: ...
 
     def pipeline(
         self, pipeline: list[str], pipeline_index: int = 0, *args: object, **kwargs: object
