@@ -1,11 +1,7 @@
-"""Encryption at rest for secrets kept in the database (SSO client secrets; the relay keeps
-DKIM keys and transport passwords the same way). The key is derived from the Django secret
-key with HKDF, so a database dump alone does not reveal them; rotating the secret key
-requires re-entering these secrets.
-
-The derivation is the one apps/relay/secrets.py uses, so that module can become a re-export
-of this one without re-encrypting anything stored.
-"""
+"""Encryption at rest for secrets kept in the database (SSO client secrets, DKIM private
+keys, transport passwords). The key is derived from the Django secret key with HKDF, so a
+database dump alone does not reveal them; rotating the secret key requires re-entering
+these secrets."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ class TransportRule(TimeStampedModel):
     tls = models.CharField(max_length=16, choices=Tls.choices, default=Tls.OPPORTUNISTIC)
     verify_certificate = models.BooleanField(default=False)
     username = models.CharField(max_length=254, blank=True)
-    password = models.CharField(max_length=512, blank=True)  # encrypted at rest (apps.relay.secrets)
+    password = models.CharField(max_length=512, blank=True)  # encrypted at rest (apps.core.secrets)
     description = models.CharField(max_length=255, blank=True)
     is_active = models.BooleanField(default=True)
 
@@ -53,7 +53,7 @@ class DkimKey(TimeStampedModel):
     domain = models.ForeignKey("mailboxes.Domain", on_delete=models.CASCADE, related_name="dkim_keys")
     selector = models.CharField(max_length=63)
     algorithm = models.CharField(max_length=16, choices=Algorithm.choices, default=Algorithm.RSA)
-    private_key = models.TextField()  # PEM (PKCS#8), encrypted at rest (apps.relay.secrets)
+    private_key = models.TextField()  # PEM (PKCS#8), encrypted at rest (apps.core.secrets)
     public_key = models.TextField()  # base64 for the p= tag
     is_active = models.BooleanField(default=True)
     retired_at = models.DateTimeField(null=True, blank=True)

@@ -276,7 +276,25 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-_RCPT_REPLIES = {
+def sender_syntax_problem(envelope: Envelope, sender: str) -> str | None:
+    """The reply refusing a MAIL FROM address on syntax alone, or None."""
+    if not envelope.smtp_utf8 and not sender.isascii():
+        return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8"
+    if CONTROL_CHARS.search(sender) or not _is_utf8(sender):
+        return "553 5.1.7 Bad sender address syntax"
+    return None
+
+
+def recipient_limit_problem(envelope: Envelope, address: str) -> str | None:
+    """The reply refusing one more RCPT before looking the address up, or None."""
+    if len(envelope.rcpt_tos) >= settings.A3_SMTP_MAX_RECIPIENTS:
+        return "452 4.5.3 Too many recipients"
+    if not envelope.smtp_utf8 and not address.isascii():
+        return "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"
+    return None
+
+
+RCPT_REPLIES = {
     RecipientStatus.UNKNOWN: "550 5.1.1 No such user here",
     RecipientStatus.DISABLED: "550 5.2.1 Mailbox disabled, not accepting messages",
     RecipientStatus.OVER_QUOTA: "452 4.2.2 Mailbox full, try again later",
@@ -314,10 +332,9 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         sender = "" if address == "<>" else address
-        if not envelope.smtp_utf8 and not sender.isascii():
-            return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8"
-        if CONTROL_CHARS.search(sender) or not _is_utf8(sender):
-            return "553 5.1.7 Bad sender address syntax"
+        problem = sender_syntax_problem(envelope, sender)
+        if problem:
+            return problem
         if len(sender.encode()) > 254:
             return "553 5.1.7 Sender address too long"
         envelope.mail_from = sender or "<>"
@@ -328,17 +345,16 @@ class InboundHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= settings.A3_SMTP_MAX_RECIPIENTS:
-            return "452 4.5.3 Too many recipients"
-        if not envelope.smtp_utf8 and not address.isascii():
-            return "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"
+        problem = recipient_limit_problem(envelope, address)
+        if problem:
+            return problem
         if relay_services.srs_is_address(address):
             return await self._srs_recipient(envelope, address)
         verdict = await run_db(
             mail_services.recipient_check, address=address, size=getattr(envelope, "a3_size", None)
         )
         if not verdict.accepted:
-            return _RCPT_REPLIES[verdict.status]
+            return RCPT_REPLIES[verdict.status]
         if verdict.address in envelope.rcpt_tos:
             return "250 2.1.5 Recipient OK (duplicate ignored)"
         envelope.rcpt_tos.append(verdict.address)

@@ -23,25 +23,20 @@ from apps.relay.smtp import (
     BARE_LINE_ENDING,
     CONTROL_CHARS,
     MAX_HOPS,
+    RCPT_REPLIES,
     HardenedSMTP,
     _helo_label,
     _is_utf8,
     _mail_size,
     hop_count,
+    recipient_limit_problem,
     run_db,
+    sender_syntax_problem,
 )
 
 logger = logging.getLogger(__name__)
 
 LOCKED_OUT = "454 4.7.0 Too many failed logins; try again later"
-
-_RCPT_REPLIES = {
-    RecipientStatus.UNKNOWN: "550 5.1.1 No such user here",
-    RecipientStatus.DISABLED: "550 5.2.1 Mailbox disabled, not accepting messages",
-    RecipientStatus.OVER_QUOTA: "452 4.2.2 Mailbox full, try again later",
-    RecipientStatus.NEVER_FITS: "552 5.2.2 Message is larger than the mailbox quota",
-    RecipientStatus.BAD_SYNTAX: "501 5.1.3 Bad recipient address syntax",
-}
 
 
 def _login_text(value: bytes | str) -> str:
@@ -135,10 +130,9 @@ class SubmissionHandler:
         if sender is None:
             return "550 5.7.1 This mailbox may not send mail now"
         session.auth_data = sender
-        if not envelope.smtp_utf8 and not address.isascii():
-            return "553 5.6.7 Non-ASCII sender address requires SMTPUTF8"
-        if CONTROL_CHARS.search(address) or not _is_utf8(address):
-            return "553 5.1.7 Bad sender address syntax"
+        problem = sender_syntax_problem(envelope, address)
+        if problem:
+            return problem
         if address in ("", "<>") or not services.sender_allowed(sender, address):
             return f"553 5.7.1 You may not send as <{address[:200]}>"
         problem = await run_db(services.rate_limit_problem, sender=sender)
@@ -152,17 +146,16 @@ class SubmissionHandler:
     async def handle_RCPT(
         self, server: Any, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= settings.A3_SMTP_MAX_RECIPIENTS:
-            return "452 4.5.3 Too many recipients"
-        if not envelope.smtp_utf8 and not address.isascii():
-            return "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"
+        problem = recipient_limit_problem(envelope, address)
+        if problem:
+            return problem
         if CONTROL_CHARS.search(address) or not _is_utf8(address):
             return "501 5.1.3 Bad recipient address syntax"
         verdict = await run_db(
             mail_services.recipient_check, address=address, size=getattr(envelope, "a3_size", None)
         )
         if verdict.status not in (RecipientStatus.LOCAL, RecipientStatus.NOT_LOCAL):
-            return _RCPT_REPLIES[verdict.status]
+            return RCPT_REPLIES[verdict.status]
         if verdict.address in envelope.rcpt_tos:
             return "250 2.1.5 Recipient OK (duplicate ignored)"
         problem = await run_db(

@@ -9,7 +9,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from apps.compliance.models import ComplianceJob, DlpHit, DlpPolicy, LegalHold, RetentionPolicy, RetentionRun
-from apps.compliance.views.dashboard import AUDIT_STATUS_CACHE_KEY
+from apps.compliance.selectors import AUDIT_STATUS_CACHE_KEY
 from apps.mailboxes import services as mail_services
 from apps.mailboxes.models import Message
 

@@ -12,10 +12,10 @@ from django.contrib.messages import get_messages
 
 from apps.alerts.models import Alert
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from apps.core.secrets import secret_decrypt
 from apps.relay import services
 from apps.relay.dns import txt_records
 from apps.relay.models import DkimKey
-from apps.relay.secrets import secret_decrypt
 
 pytestmark = pytest.mark.django_db
 

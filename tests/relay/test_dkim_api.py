@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from apps.alerts.models import Alert
+from apps.core.secrets import secret_decrypt
 from apps.relay import services
 from apps.relay.models import DkimKey
-from apps.relay.secrets import secret_decrypt
 from tests.factories import DomainFactory
 
 pytestmark = pytest.mark.django_db

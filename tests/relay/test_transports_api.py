@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from apps.core.secrets import secret_decrypt
 from apps.relay import services
 from apps.relay.models import TransportRule
-from apps.relay.secrets import secret_decrypt
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
-from apps.compliance import services
+from apps.compliance import selectors, services
 from apps.compliance.api.audit import AuditEventFilter
 from apps.core.htmx import htmx_partial
 from apps.core.permissions import superadmin_required
@@ -33,6 +33,7 @@ def audit_log_view(request: HttpRequest) -> HttpResponse:
 @require_POST
 def audit_verify_view(request: HttpRequest) -> HttpResponse:
     result = services.audit_verify()
+    selectors.audit_status_store(result)  # the dashboard shows the latest verification
     if request.htmx:
         return render(request, "compliance/partials/audit_chain_status.html", {"result": result})
     page = Paginator(services.audit_event_list(actor=request.user), 50).get_page(1)

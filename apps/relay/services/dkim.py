@@ -29,10 +29,10 @@ from apps.alerts.services import emit
 from apps.core.addresses import AddressError, normalize_domain
 from apps.core.audit import audit
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from apps.core.secrets import secret_decrypt, secret_encrypt
 from apps.mailboxes.models import Domain
 from apps.relay.dns import DnsTemporaryError, txt_records
 from apps.relay.models import DkimKey
-from apps.relay.secrets import secret_decrypt, secret_encrypt
 
 __all__ = [
     "DKIM_SIGNED_HEADERS",

@@ -16,8 +16,8 @@ from apps.accounts.models import User
 from apps.core.addresses import AddressError, normalize_domain, parse_address
 from apps.core.audit import audit, audit_changes, snapshot
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from apps.core.secrets import secret_decrypt, secret_encrypt
 from apps.relay.models import TransportRule
-from apps.relay.secrets import secret_decrypt, secret_encrypt
 
 __all__ = [
     "Route",
