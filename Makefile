@@ -14,7 +14,8 @@ help:
 	@echo "make lint     ruff check + ruff format --check"
 	@echo "make frontend rebuild static/ from frontend/ (needs npm)"
 	@echo "make schema   write the OpenAPI document to docs/openapi.yaml"
-	@echo "make bench    SMTP receiving and relaying vs a private Postfix (BENCH_ARGS='--messages 500 --only outbound')"
+	@echo "make bench    SMTP receiving and relaying vs a private Postfix, then scanning vs Rspamd and spamd"
+	@echo "             (BENCH_ARGS='--messages 500 --only outbound' or '--only scan'; BENCH_SCAN_ARGS='--messages 500')"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,11 +70,17 @@ schema: $(STAMP_DEV)
 	$(PY) manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
 
 # Inbound (SMTP reception and local delivery) and outbound (submission relayed to a local
-# sink, with Postfix relaying the same load as the yardstick); `--only inbound|outbound` runs
-# one. Prints figures and writes var/bench/latest.json; never fails on speed, only when a
-# server that is available could not be measured. May apt-get install postfix (the anchor).
+# sink, with Postfix relaying the same load as the yardstick), then scanning (the built-in
+# stages against private Rspamd and spamd instances, when installed); `--only
+# inbound|outbound|scan` runs one part, BENCH_SCAN_ARGS go to bench_scan. Prints figures
+# and writes var/bench/latest.json (SMTP) and var/bench/scan.json; never fails on speed,
+# only when something available could not be measured (after running every part). May
+# apt-get install postfix (the anchor).
 bench: $(STAMP_DEV)
-	$(PY) manage.py bench_smtp $(BENCH_ARGS)
+	@only=$$(printf '%s\n' "$(BENCH_ARGS)" | sed -n 's/.*--only[ =]*\([a-z]*\).*/\1/p'); status=0; \
+	if [ "$$only" != scan ]; then $(PY) manage.py bench_smtp $(BENCH_ARGS) || status=$$?; fi; \
+	if [ -z "$$only" ] || [ "$$only" = scan ]; then $(PY) manage.py bench_scan $(BENCH_SCAN_ARGS) || status=$$?; fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

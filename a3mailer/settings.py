@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from a3mailer.env import (
     env_bool,
+    env_float,
     env_int,
     env_list,
     env_secret,
@@ -46,14 +47,18 @@ A3_SMTP_MAX_ERRORS = env_int("A3_SMTP_MAX_ERRORS", 10, minimum=1)
 # Seconds a received message may wait for delivery before the sweep re-enqueues it.
 A3_DELIVERY_SWEEP_AFTER_SECONDS = env_int("A3_DELIVERY_SWEEP_AFTER_SECONDS", 60, minimum=1)
 # Delivery pipeline: each stage gets a DeliveryContext (apps/mailboxes/services/messages.py).
-# The threat scanner adds its stage here.
+# The threat stage applies the scan verdict (junk, quarantine) to the expanded targets.
 A3_DELIVERY_STAGES = [
     "apps.mailboxes.services.messages.expand_recipients",
+    "apps.threats.services.verdicts.apply_verdict_stage",
     "apps.relay.services.forwarding.queue_forwards",
     "apps.relay.services.bounces.match_inbound_dsn",
     "apps.relay.services.bounces.report_local_failures",
     "apps.compliance.services.classification.classify_stage",
 ]
+# The task a newly accepted message is handed to: the scanner (scan queue), which hands
+# it on to delivery.
+A3_ACCEPTED_MESSAGE_TASK = "apps.threats.tasks.message_scan_task"
 # Messages a delivery pass may take at once (its own plus others already waiting).
 A3_DELIVERY_BATCH = env_int("A3_DELIVERY_BATCH", 10, minimum=1)
 
@@ -140,6 +145,7 @@ INSTALLED_APPS = [
     "apps.mailboxes",
     "apps.relay",
     "apps.compliance",
+    "apps.threats",
 ]
 
 
@@ -588,3 +594,99 @@ if A3_AUDIT_WEBHOOK_URL and not A3_AUDIT_WEBHOOK_SECRET:
 A3_AUDIT_STREAM_BATCH = env_int("A3_AUDIT_STREAM_BATCH", 200, minimum=1)
 # GDPR exports: how long a finished archive can be downloaded before it is deleted.
 A3_EXPORT_LINK_HOURS = env_int("A3_EXPORT_LINK_HOURS", 48, minimum=1)
+
+# --- Threat detection and quarantine (docs/threats.md) ---------------------------------
+# Post-DATA scan stages, in order (each adds a score and reasons; see apps/threats/stages).
+A3_SCAN_STAGES = [
+    "apps.threats.stages.auth.authentication_stage",
+    "apps.threats.stages.content.gtube_stage",
+    "apps.threats.stages.content.rules_stage",
+    "apps.threats.stages.attachments.attachments_stage",
+    "apps.threats.stages.malware.malware_stage",
+    "apps.threats.stages.external.clamav_stage",
+    "apps.threats.stages.urls.urls_stage",
+    "apps.threats.stages.bayes.bayes_stage",
+    "apps.threats.stages.external.rspamd_stage",
+    "apps.threats.stages.external.spamd_stage",
+]
+# SMTP-time checks on the MX (before 250): DNSBL at connection, SPF at MAIL FROM.
+A3_SMTP_CHECKS = "apps.threats.smtp_checks"
+# Every stage's time limit; a stage that overruns counts as a scanner failure.
+A3_SCAN_STAGE_TIMEOUT_SECONDS = env_float("A3_SCAN_STAGE_TIMEOUT_SECONDS", 10.0)
+A3_SCAN_DNS_TIMEOUT_SECONDS = env_float("A3_SCAN_DNS_TIMEOUT_SECONDS", 3.0)
+# Server-wide verdict thresholds (a domain's policy overrides them).
+A3_SPAM_HEADER_SCORE = env_float("A3_SPAM_HEADER_SCORE", 5.0)
+A3_SPAM_JUNK_SCORE = env_float("A3_SPAM_JUNK_SCORE", 6.0)
+A3_SPAM_QUARANTINE_SCORE = env_float("A3_SPAM_QUARANTINE_SCORE", 10.0)
+A3_SPAM_REJECT_SCORE = env_float("A3_SPAM_REJECT_SCORE", 15.0)
+A3_QUARANTINE_DAYS = env_int("A3_QUARANTINE_DAYS", 30, minimum=1)
+# DNS block lists: connection IPs (DNSBL) and link domains (URIBL), comma-separated zones.
+A3_DNSBL_ZONES = env_list("A3_DNSBL_ZONES", [])
+A3_URIBL_ZONES = env_list("A3_URIBL_ZONES", [])
+# Clients never looked up in DNSBLs: loopback and private networks (local relays).
+A3_DNSBL_SKIP_NETWORKS = env_list(
+    "A3_DNSBL_SKIP_NETWORKS",
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ],
+)
+# Optional engines, off unless set: clamd ("/run/clamav/clamd.ctl" or "host:port"),
+# Rspamd's controller/normal worker ("http://127.0.0.1:11333"), spamd ("127.0.0.1:783").
+A3_CLAMD_ADDRESS = env_str("A3_CLAMD_ADDRESS")
+A3_RSPAMD_URL = env_str("A3_RSPAMD_URL")
+A3_SPAMD_ADDRESS = env_str("A3_SPAMD_ADDRESS")
+# What an engine's score counts for in ours (its points times the weight; 0 switches
+# its scoring off but keeps its findings and categories).
+A3_RSPAMD_WEIGHT = env_float("A3_RSPAMD_WEIGHT", 1.0)
+A3_SPAMD_WEIGHT = env_float("A3_SPAMD_WEIGHT", 1.0)
+# Attachment policy (docs/threats.md): blocked extensions and MIME types, server-wide.
+A3_BLOCKED_EXTENSIONS = env_list(
+    "A3_BLOCKED_EXTENSIONS",
+    [
+        *("exe", "scr", "com", "pif", "bat", "cmd", "cpl", "msi", "msp", "jar", "js", "jse"),
+        *("vbs", "vbe", "wsf", "wsh", "hta", "lnk", "ps1", "reg", "iso", "img", "vhd"),
+    ],
+)
+A3_BLOCKED_MIME_TYPES = env_list(
+    "A3_BLOCKED_MIME_TYPES",
+    ["application/x-msdownload", "application/x-dosexec", "application/x-ms-installer", "application/hta"],
+)
+# Scanning bounds: past these a message is "unscannable" (the policy decides what happens).
+A3_SCAN_MAX_PARTS = env_int("A3_SCAN_MAX_PARTS", 1000, minimum=10)
+A3_SCAN_MAX_DEPTH = env_int("A3_SCAN_MAX_DEPTH", 20, minimum=2)
+A3_SCAN_MAX_ARCHIVE_BYTES = env_int("A3_SCAN_MAX_ARCHIVE_BYTES", 100 * 1024 * 1024, minimum=1024)
+A3_SCAN_MAX_ARCHIVE_RATIO = env_int("A3_SCAN_MAX_ARCHIVE_RATIO", 100, minimum=2)
+A3_SCAN_MAX_HEADER_BYTES = env_int("A3_SCAN_MAX_HEADER_BYTES", 256 * 1024, minimum=8192)
+# Digest links: how long a one-click link in a quarantine digest works.
+A3_DIGEST_LINK_HOURS = env_int("A3_DIGEST_LINK_HOURS", 72, minimum=1)
+# Behaviour analysis of sending accounts (apps/threats/services/behaviour.py): an hour
+# with more messages, or more never-seen recipients, than the larger of the floor and
+# SPIKE_FACTOR times the mailbox's usual hour suspends its submission; so does a bounce
+# ratio of BOUNCE_RATIO over at least BOUNCE_MIN_RECIPIENTS recipients in two hours.
+A3_BEHAVIOUR_MIN_MESSAGES = env_int("A3_BEHAVIOUR_MIN_MESSAGES", 50, minimum=1)
+A3_BEHAVIOUR_SPIKE_FACTOR = env_float("A3_BEHAVIOUR_SPIKE_FACTOR", 10.0)
+A3_BEHAVIOUR_NEW_RECIPIENTS = env_int("A3_BEHAVIOUR_NEW_RECIPIENTS", 100, minimum=1)
+A3_BEHAVIOUR_BOUNCE_RATIO = env_float("A3_BEHAVIOUR_BOUNCE_RATIO", 0.5)
+A3_BEHAVIOUR_BOUNCE_MIN_RECIPIENTS = env_int("A3_BEHAVIOUR_BOUNCE_MIN_RECIPIENTS", 20, minimum=1)
+# Distributed password guessing: this many failed sign-ins for one account from at least
+# this many addresses within 15 minutes raise a threats.auth_anomaly alert.
+A3_BEHAVIOUR_AUTH_FAILURES = env_int("A3_BEHAVIOUR_AUTH_FAILURES", 10, minimum=2)
+A3_BEHAVIOUR_AUTH_IPS = env_int("A3_BEHAVIOUR_AUTH_IPS", 5, minimum=2)
+# Hooks the lower apps call by dotted path (they never import threats): submission_accept
+# records each accepted message; the submission listener asks whether a mailbox may send
+# (check(*, mailbox_id) -> SMTP reply or None); remote bounces of submitted mail are
+# counted; successful sign-ins record the user's network.
+A3_SUBMISSION_CHECKS = [*A3_SUBMISSION_CHECKS, "apps.threats.services.behaviour.submission_observe"]
+A3_SUBMISSION_SENDER_CHECKS = ["apps.threats.services.behaviour.submission_suspended_problem"]
+# Submitted mail is scanned for malware before it is taken (a refusal, not a bounce).
+A3_SUBMISSION_CONTENT_CHECKS = ["apps.threats.services.outbound.outbound_malware_problem"]
+A3_BOUNCE_OBSERVERS = ["apps.threats.services.behaviour.bounces_observe"]
+A3_LOGIN_OBSERVERS = ["apps.threats.services.behaviour.login_observe"]

@@ -14,6 +14,7 @@ api_v1 = [
     path("", include("apps.alerts.api.urls")),
     path("", include("apps.relay.api.urls")),
     path("", include("apps.compliance.api.urls")),
+    path("", include("apps.threats.api.urls")),
 ]
 
 urlpatterns = [
@@ -35,6 +36,7 @@ urlpatterns = [
     path("alerts/", include("apps.alerts.urls")),
     path("relay/", include("apps.relay.urls")),
     path("compliance/", include("apps.compliance.urls")),
+    path("quarantine/", include("apps.threats.urls")),
     # One sign-in for everyone: the admin site's own login would bypass the auth record,
     # the failure alerts and (later) MFA.
     path(

@@ -73,6 +73,23 @@ beat_schedule = {
         "task": "compliance.exports_expire",
         "schedule": crontab(minute=11),
     },
+    "threats.bayes_prune": {
+        "task": "threats.bayes_prune",
+        "schedule": crontab(minute=47, hour=4),
+    },
+    "threats.quarantine_expire": {
+        "task": "threats.quarantine_expire",
+        "schedule": crontab(minute=29),
+    },
+    "threats.digests_send": {
+        "task": "threats.digests_send",
+        "schedule": crontab(minute=3),
+    },
+    "threats.behaviour_watch": {
+        "task": "threats.behaviour_watch",
+        "schedule": timedelta(minutes=5),
+        "options": {"expires": 240},
+    },
     "compliance.jobs_requeue_stalled": {
         "task": "compliance.jobs_requeue_stalled",
         "schedule": timedelta(minutes=5),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -76,6 +78,30 @@ def api_client_for():
         return client
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_dns():
+    """No test resolves through the machine's resolver: an empty local zone answers
+    NXDOMAIN at once (scanning looks up DMARC, DNSBL and URIBL records for any mail).
+    Served `serve` processes inherit it through the environment."""
+    from django.conf import settings as django_settings
+
+    from tests.support.dnsserver import DnsServer, Zone
+
+    server = DnsServer(Zone()).start()
+    previous = (django_settings.A3_DNS_NAMESERVERS, os.environ.get("A3_DNS_NAMESERVERS"))
+    django_settings.A3_DNS_NAMESERVERS = [server.address]
+    os.environ["A3_DNS_NAMESERVERS"] = server.address
+    try:
+        yield server
+    finally:
+        django_settings.A3_DNS_NAMESERVERS = previous[0]
+        if previous[1] is None:
+            os.environ.pop("A3_DNS_NAMESERVERS", None)
+        else:
+            os.environ["A3_DNS_NAMESERVERS"] = previous[1]
+        server.stop()
 
 
 @pytest.fixture

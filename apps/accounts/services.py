@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from apps.accounts import lockout
 from apps.accounts.exceptions import AuthenticationFailed, LockedOut
@@ -393,13 +394,18 @@ def login_complete(
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     web_session_start(request=request, user=user, method=method, mfa_verified=mfa_verified)
     LOGINS.labels(channel="web", outcome="ok").inc()
+    client = ClientInfo.from_request(request)
     auth_event_record(
         kind=AuthEvent.Kind.LOGIN_OK,
-        client=ClientInfo.from_request(request),
+        client=client,
         user=user,
         method=method,
         mfa=mfa_verified,
     )
+    # Sign-in hooks of the apps above this one (A3_LOGIN_OBSERVERS: threats remembers the
+    # networks a user signs in from), by dotted path so accounts never imports them.
+    for path in settings.A3_LOGIN_OBSERVERS:
+        import_string(path)(user_id=user.pk, ip=client.ip, channel="web")
 
 
 def logout_complete(*, request: HttpRequest) -> None:

@@ -203,7 +203,8 @@ DEFAULT_FOLDERS = [
 class Message(models.Model):
     """One received message: its raw bytes live in the blob store under `blob_sha256`.
 
-    The row is the message's state machine (received → delivering → delivered | failed), committed
+    The row is the message's state machine (received → delivering → delivered | failed |
+    quarantined), committed
     in the same transaction as its recipients before the SMTP 250, so nothing acknowledged
     can be lost; metadata is filled in, best effort, when it is delivered.
     """
@@ -213,6 +214,9 @@ class Message(models.Model):
         DELIVERING = "delivering", "Delivering"  # leased by a worker (lease_token)
         DELIVERED = "delivered", "Delivered"
         FAILED = "failed", "Failed"
+        # Held by the threat scanner for some or all recipients (apps.threats): a release
+        # sets it back to received and delivers again.
+        QUARANTINED = "quarantined", "Quarantined"
 
     queue_id = models.CharField(max_length=24, unique=True)
     blob_sha256 = models.CharField(max_length=64, db_index=True)
@@ -232,6 +236,8 @@ class Message(models.Model):
     submitted_by = models.ForeignKey(
         Mailbox, null=True, blank=True, on_delete=models.SET_NULL, related_name="submitted_messages"
     )
+    # What the SMTP-time checks found (DNSBL, SPF …), for the scanner's full verdict.
+    smtp_checks = models.JSONField(default=dict, blank=True)
 
     # Indexed metadata, best effort (malformed mail keeps what could be read).
     parsed = models.BooleanField(default=False)

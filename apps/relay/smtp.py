@@ -9,6 +9,7 @@ only after `messages_accept` has made the message durable.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import logging
 import re
@@ -16,6 +17,7 @@ import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import format_datetime
+from types import ModuleType
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -304,8 +306,25 @@ RCPT_REPLIES = {
 }
 
 
+def smtp_checks_module() -> ModuleType | None:
+    """The SMTP-time threat checks (A3_SMTP_CHECKS names the module; empty: none). Loaded
+    by name so that relay does not depend on the apps that implement them."""
+    path = settings.A3_SMTP_CHECKS
+    return importlib.import_module(path) if path else None
+
+
+def _peer_ip(session: Session) -> str | None:
+    peer = session.peer
+    return peer[0] if isinstance(peer, tuple) and peer else None
+
+
 class InboundHandler:
-    """aiosmtpd handler for the MX listener: local recipients only, durable before 250."""
+    """aiosmtpd handler for the MX listener: local recipients only, durable before 250.
+
+    With A3_SMTP_CHECKS set, it also runs the threat checks of that module: block lists
+    once per connection, SPF at every MAIL FROM (recorded, never refused there), and a
+    verdict at each local RCPT that may refuse it with 550 5.7.1. Their findings are
+    stored with the message (Message.smtp_checks) for the scan after DATA."""
 
     def __init__(self, batcher: AcceptBatcher) -> None:
         self.batcher = batcher
@@ -340,7 +359,24 @@ class InboundHandler:
         envelope.mail_from = sender or "<>"
         envelope.mail_options.extend(mail_options)
         envelope.a3_size = _mail_size(mail_options)  # type: ignore[attr-defined]
+        envelope.a3_checks = await self._sender_checks(session, sender)  # type: ignore[attr-defined]
         return "250 2.1.0 Sender OK"
+
+    async def _sender_checks(self, session: Session, sender: str) -> list[Any] | None:
+        """The block list check (once per connection) and SPF for this sender. DNS work
+        runs on the listener's threads; nothing here refuses the MAIL command."""
+        checks = smtp_checks_module()
+        if checks is None:
+            return None
+        peer_ip = _peer_ip(session)
+        connection = getattr(session, "a3_connection_check", None)
+        if connection is None:
+            connection = await run_io(checks.connection_check, peer_ip=peer_ip)
+            session.a3_connection_check = connection  # type: ignore[attr-defined]
+        sender_check = await run_io(
+            checks.mail_from_check, peer_ip=peer_ip, helo=session.host_name or "", mail_from=sender
+        )
+        return [connection, sender_check]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -357,9 +393,27 @@ class InboundHandler:
             return RCPT_REPLIES[verdict.status]
         if verdict.address in envelope.rcpt_tos:
             return "250 2.1.5 Recipient OK (duplicate ignored)"
+        refusal = await self._threat_refusal(session, envelope, verdict.address)
+        if refusal:
+            return refusal
         envelope.rcpt_tos.append(verdict.address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
+
+    async def _threat_refusal(self, session: Session, envelope: Envelope, address: str) -> str | None:
+        """The SMTP-time checks' 550 for this local recipient (its domain's policy and
+        lists decide), or None."""
+        found = getattr(envelope, "a3_checks", None)
+        checks = smtp_checks_module()
+        if checks is None or found is None:
+            return None
+        return await run_db(
+            checks.recipient_address_check,
+            peer_ip=_peer_ip(session),
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
+            address=address,
+            checks=found,
+        )
 
     async def _srs_recipient(self, envelope: Envelope, address: str) -> str:
         """One of our SRS addresses: a bounce of mail we forwarded, relayed back to the
@@ -399,6 +453,8 @@ class InboundHandler:
             session=session, envelope=envelope, queue_id=queue_id
         )
         srs: dict[str, str] = getattr(envelope, "a3_srs", {})
+        found = getattr(envelope, "a3_checks", None)
+        checks = smtp_checks_module() if found is not None else None
         incoming = IncomingMessage(
             queue_id=queue_id,
             mail_from=mail_from,
@@ -406,6 +462,7 @@ class InboundHandler:
             raw=trace + content,
             peer_ip=session.peer[0] if session.peer else None,
             helo=_helo_label(session),
+            smtp_checks=checks.smtp_checks_record(checks=found) if checks is not None else {},
         )
         try:
             if srs:

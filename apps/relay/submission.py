@@ -190,7 +190,7 @@ class SubmissionHandler:
                 trace=trace,
                 queue_id=queue_id,
             )
-        except services.RateLimited as exc:
+        except services.SubmissionRefused as exc:
             return exc.reply
         except Exception:
             logger.exception("could not store submitted message %s", queue_id)

@@ -189,6 +189,7 @@ def test_reset_mail_to_a_local_mailbox_lands_in_its_inbox(user_a, mailbox_a, set
     assert mail_services.message_deliver(message_id=message.pk)
     item = MailItem.objects.get(message=message)
     assert (item.mailbox_id, item.folder.special_use) == (mailbox_a.pk, "inbox")
+    message.refresh_from_db()  # the scanned copy, with its headers
     link = reset_link(message)
     # Built on A3_PUBLIC_URL, never on the request's Host header.
     assert link.startswith("https://mail.example.test/accounts/password/reset/")

@@ -55,6 +55,29 @@ def fresh_database() -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def own_redis_database() -> Iterator[str | None]:
+    """An empty Redis database of its own for the server under test when the suite runs
+    with Redis: sharing the suite's would have its worker chew through the tasks the
+    other tests queued (for messages of another database) before reaching its own."""
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        yield None
+        return
+    import redis
+
+    parts = urlsplit(url)
+    suite_db = int(parts.path.strip("/") or 0)
+    own = urlunsplit(parts._replace(path=f"/{(suite_db + 8) % 16}"))
+    client = redis.Redis.from_url(own)
+    client.flushdb()
+    try:
+        yield own
+    finally:
+        client.flushdb()
+        client.close()
+
+
 @dataclass
 class Proc:
     name: str
@@ -141,7 +164,7 @@ class Server:
 
 @contextlib.contextmanager
 def installation(tmp_path: Path, *, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
-    with fresh_database() as database_url:
+    with fresh_database() as database_url, own_redis_database() as redis_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS"))}
         http_port = free_port()
         env.update(
@@ -163,6 +186,8 @@ def installation(tmp_path: Path, *, extra_env: dict[str, str] | None = None) -> 
         env.pop("DATABASE_URL", None)
         if database_url:
             env["DATABASE_URL"] = database_url
+        if redis_url:
+            env["REDIS_URL"] = redis_url
         env.update(extra_env or {})
         server = Server(data_dir=tmp_path, env=env, http_port=http_port)
         try:

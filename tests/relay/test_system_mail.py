@@ -72,6 +72,7 @@ def test_system_mail_send_to_a_local_mailbox_is_filed_in_its_inbox(mailbox_a):
     assert mail_services.message_deliver(message_id=message.pk)
     item = MailItem.objects.get(message=message)
     assert (item.mailbox_id, item.folder.special_use) == (mailbox_a.pk, "inbox")
+    message.refresh_from_db()  # the scanned copy, with its headers
     stored = parsed(blob_store().read(message.blob_sha256))
     assert stored["Subject"] == "For you"
     assert stored.get_content().strip() == "Hello Alice"

@@ -138,6 +138,7 @@ class IncomingMessage:
     submitted_by_id: int | None = None  # the sending mailbox, for authenticated submission
     # (address, special-use folder) copies filed straight into a mailbox: the Sent copy.
     copies: tuple[tuple[str, str], ...] = ()
+    smtp_checks: dict = field(default_factory=dict)  # SMTP-time scan results (threats)
 
 
 def message_blob_store(*, raw: bytes) -> str:
@@ -156,10 +157,9 @@ def messages_accept(*, incoming: list[IncomingMessage]) -> list[Message]:
     keeps durable acknowledgement fast. A crash between the two steps leaves only orphan
     blobs, which `blobs_sweep_orphans` removes.
     """
-    from apps.mailboxes.tasks import message_deliver_task
-
     if not incoming:
         return []
+    next_task = import_string(settings.A3_ACCEPTED_MESSAGE_TASK)
     missing = [item for item in incoming if not item.blob_sha256]
     stored = dict(
         zip((id(item) for item in missing), blob_store().put_many(item.raw for item in missing), strict=True)
@@ -174,6 +174,7 @@ def messages_accept(*, incoming: list[IncomingMessage]) -> list[Message]:
                 helo=item.helo[:255],
                 peer_ip=item.peer_ip,
                 submitted_by_id=item.submitted_by_id,
+                smtp_checks=item.smtp_checks,
             )
             for item in incoming
         )
@@ -193,7 +194,7 @@ def messages_accept(*, incoming: list[IncomingMessage]) -> list[Message]:
             ]
         )
         for message in messages:
-            message_deliver_task.delay_on_commit(message_id=message.pk)
+            next_task.delay_on_commit(message_id=message.pk)
     return messages
 
 
@@ -206,7 +207,9 @@ class DeliveryContext:
 
     `targets` maps each destination mailbox id to the special-use folder it is filed in
     ("inbox" unless a stage says otherwise, e.g. "junk"); a stage may also drop a target
-    or set `held` to keep the message out of every mailbox (quarantine).
+    or set `held` to keep the message out of every mailbox (quarantine). A stage that
+    holds the message for some mailboxes only drops those targets and sets
+    `partly_held`: the message then stays quarantined after the others are filed.
     """
 
     message: Message
@@ -219,6 +222,13 @@ class DeliveryContext:
     forwards: dict[str, str] = field(default_factory=dict)
     # Called inside the transaction that files the message (e.g. to queue the forwards).
     on_commit: list[Callable[[DeliveryContext], None]] = field(default_factory=list)
+    partly_held: bool = False
+    # Set by a stage's hook when the message must be delivered once more (a release that
+    # landed while this pass ran): it is left received and queued again.
+    again: bool = False
+    # Called inside the transaction that files the message, whether held or not (the
+    # quarantine records itself here); `on_commit` hooks run only for filed mail.
+    on_record: list[Callable[[DeliveryContext], None]] = field(default_factory=list)
 
 
 DeliveryStage = Callable[[DeliveryContext], None]
@@ -297,7 +307,7 @@ def expand_recipients(context: DeliveryContext) -> None:
             context.forwards.setdefault(address, recipient.address)
 
 
-def _lease(message_id: int) -> list[Message]:
+def _lease(message_id: int, *, alone: bool = False) -> list[Message]:
     """Claim `message_id` and up to A3_DELIVERY_BATCH - 1 other waiting messages for this
     worker, with a random token in one short UPDATE. Workers never parse or file the same
     message twice; a lease whose worker died is released by the sweep."""
@@ -306,7 +316,7 @@ def _lease(message_id: int) -> list[Message]:
         Message.objects.filter(state=Message.State.RECEIVED)
         .exclude(pk=message_id)
         .order_by("id")
-        .values_list("id", flat=True)[: max(0, settings.A3_DELIVERY_BATCH - 1)]
+        .values_list("id", flat=True)[: 0 if alone else max(0, settings.A3_DELIVERY_BATCH - 1)]
     )
     with transaction.atomic():
         claimed = Message.objects.filter(pk__in=[message_id, *others], state=Message.State.RECEIVED).update(
@@ -381,10 +391,23 @@ def _apply_metadata(message: Message, parsed: ParsedMessage) -> None:
     message.body_text = _text(search_text(parsed))
 
 
+def _read_current(message: Message) -> bytes:
+    """The message's bytes. A scanner may have stored a new copy (with its headers) and
+    removed the old one since this row was read: then the row's current hash is used."""
+    try:
+        return blob_store().read(message.blob_sha256)
+    except BlobNotFound:
+        current = Message.objects.filter(pk=message.pk).values_list("blob_sha256", flat=True).first()
+        if not current or current == message.blob_sha256:
+            raise
+        message.blob_sha256 = current
+        return blob_store().read(current)
+
+
 def _prepare(message: Message) -> DeliveryContext | None:
     """Read, parse and run the stages for one leased message (no transaction held)."""
     try:
-        raw = blob_store().read(message.blob_sha256)
+        raw = _read_current(message)
     except BlobNotFound:
         Message.objects.filter(pk=message.pk).update(
             state=Message.State.FAILED, last_error="stored content is missing", lease_token=""
@@ -413,14 +436,25 @@ def _commit_delivery(context: DeliveryContext) -> None:
             _file(message=message, mailbox_id=mailbox_id, special_use=special_use)
         for hook in context.on_commit:
             hook(context)
+    for hook in context.on_record:
+        hook(context)
     for address, reason in context.failures.items():
         MessageRecipient.objects.filter(message=message, address=address).update(
             state=MessageRecipient.State.FAILED, detail=reason[:500]
         )
-    MessageRecipient.objects.filter(message=message, state=MessageRecipient.State.PENDING).update(
-        state=MessageRecipient.State.DELIVERED
-    )
-    message.state = Message.State.DELIVERED
+    if context.again:
+        from apps.mailboxes.tasks import message_deliver_task
+
+        message.state = Message.State.RECEIVED
+        message_deliver_task.delay_on_commit(message_id=message.pk)
+    elif context.held or context.partly_held:
+        # Recipients stay pending: a release delivers the message again for them.
+        message.state = Message.State.QUARANTINED
+    else:
+        MessageRecipient.objects.filter(message=message, state=MessageRecipient.State.PENDING).update(
+            state=MessageRecipient.State.DELIVERED
+        )
+        message.state = Message.State.DELIVERED
     message.delivered_at = timezone.now()
     message.delivery_attempts += 1
     message.lease_token = ""
@@ -430,7 +464,7 @@ def _commit_delivery(context: DeliveryContext) -> None:
         logger.warning("message %s not delivered to %d recipient(s)", message.queue_id, len(context.failures))
 
 
-def message_deliver(*, message_id: int) -> bool:
+def message_deliver(*, message_id: int, alone: bool = False) -> bool:
     """Deliver a received message: parse it, run the delivery stages and file it into its
     recipients' folders. Other messages waiting at the same time are delivered in the same
     pass (their own tasks then find nothing to do), which keeps the write transactions
@@ -438,8 +472,9 @@ def message_deliver(*, message_id: int) -> bool:
 
     Reading, parsing and the stages run outside any transaction; filing the whole batch
     is a short write transaction per message, which matters on SQLite's single writer.
+    `alone` delivers just this message (a release from the dashboard waits for it).
     """
-    leased = _lease(message_id)
+    leased = _lease(message_id, alone=alone)
     if not leased:
         return False  # delivered already, leased by another worker, failed, or gone
     contexts = [context for message in leased if (context := _prepare(message)) is not None]

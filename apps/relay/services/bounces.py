@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from apps.mailboxes.models import Message
 from apps.mailboxes.services import DeliveryContext
@@ -692,6 +693,7 @@ def _dsn_record(*, message: Message, report: ParsedDsn) -> int:
             if address:
                 by_address.setdefault(address.lower(), entry)
     changed = 0
+    bounced: list[int] = []
     with transaction.atomic():
         rows = QueueRecipient.objects.select_for_update().filter(
             item_id__in=item_ids, state=QueueRecipient.State.SENT
@@ -703,6 +705,13 @@ def _dsn_record(*, message: Message, report: ParsedDsn) -> int:
             if entry is None or entry.action not in {"failed", "delayed"}:
                 continue
             changed += _apply(row, entry, reporting_mta=report.reporting_mta)
+            if row.state == QueueRecipient.State.BOUNCED:
+                bounced.append(row.pk)
+        if bounced:
+            # Bounces count towards the sender's behaviour (A3_BOUNCE_OBSERVERS: threats),
+            # by dotted path so relay never imports the apps above it.
+            for path in settings.A3_BOUNCE_OBSERVERS:
+                import_string(path)(queue_recipient_ids=bounced)
     if changed:
         logger.info("delivery report %s updated %d queue recipient(s)", message.queue_id, changed)
     return changed
@@ -744,7 +753,9 @@ def report_local_failures(context: DeliveryContext) -> None:
     message = context.message
     if message.submitted_by_id is None or not message.mail_from or not context.failures:
         return
-    context.on_commit.append(_send_local_failure_report)
+    # on_record: the sender hears of the failed recipients even when the message is
+    # held for the others (a release pass has no new failures, so none twice).
+    context.on_record.append(_send_local_failure_report)
 
 
 def _send_local_failure_report(context: DeliveryContext) -> None:

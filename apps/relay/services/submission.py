@@ -32,12 +32,14 @@ __all__ = [
     "NewAppPassword",
     "RateLimited",
     "Sender",
+    "SubmissionRefused",
     "app_password_create",
     "app_password_revoke",
     "header_from_problem",
     "rate_limit_problem",
     "sender_allowed",
     "sender_refresh",
+    "sending_suspended_problem",
     "submission_accept",
     "submission_authenticate",
 ]
@@ -91,6 +93,7 @@ def submission_authenticate(*, username: str, password: str, ip: str | None = No
         check_password(password, _DUMMY_HASH)
         return None
     if check_password(password, mailbox.password):
+        _login_observed(mailbox, ip)
         return _sender_for(mailbox)
     digest = _app_password_hash(password)
     for app_password in AppPassword.objects.filter(mailbox=mailbox, revoked_at__isnull=True):
@@ -98,8 +101,17 @@ def submission_authenticate(*, username: str, password: str, ip: str | None = No
             AppPassword.objects.filter(pk=app_password.pk).update(
                 last_used_at=timezone.now(), last_used_ip=ip
             )
+            _login_observed(mailbox, ip)
             return _sender_for(mailbox)
     return None
+
+
+def _login_observed(mailbox: Mailbox, ip: str | None) -> None:
+    # The sign-in hooks (A3_LOGIN_OBSERVERS: threats remembers the networks a user signs
+    # in from) hear of SMTP AUTH as of web sign-ins: stolen mailbox passwords are mostly
+    # used here.
+    for path in settings.A3_LOGIN_OBSERVERS:
+        import_string(path)(user_id=mailbox.owner_id, ip=ip, channel="smtp")
 
 
 def sender_refresh(*, sender: Sender) -> Sender | None:
@@ -142,6 +154,18 @@ def header_from_problem(sender: Sender, raw: bytes) -> str | None:
 # --- Rate limits -------------------------------------------------------------------------
 
 
+def sending_suspended_problem(*, sender: Sender) -> str | None:
+    """The reply refusing a mailbox whose sending is suspended, or None. The checks are
+    the A3_SUBMISSION_SENDER_CHECKS dotted paths (threats' suspensions; relay never
+    imports the apps above it); each is one cheap query, as it runs at MAIL, RCPT and
+    when the message is stored."""
+    for path in settings.A3_SUBMISSION_SENDER_CHECKS:
+        problem = import_string(path)(mailbox_id=sender.mailbox_id)
+        if problem:
+            return problem
+    return None
+
+
 def _sent_last_hour(scope: Q) -> tuple[int, int]:
     since = timezone.now() - timedelta(hours=1)
     messages = Message.objects.filter(scope, received_at__gte=since)
@@ -155,7 +179,11 @@ def _sent_last_hour(scope: Q) -> tuple[int, int]:
 def rate_limit_problem(*, sender: Sender, recipients: int = 0) -> str | None:
     """The 451 reply when this sender, or its domain, is over its hourly limits with
     one more message to `recipients` more recipients; None while within them. Going
-    over raises an alert once an hour per mailbox or domain."""
+    over raises an alert once an hour per mailbox or domain. A mailbox whose sending is
+    suspended (behaviour analysis, apps.threats) gets that check's 550 instead."""
+    problem = sending_suspended_problem(sender=sender)
+    if problem:
+        return problem
     mailbox = Mailbox.objects.select_related("domain").get(pk=sender.mailbox_id)
     checks = [
         (
@@ -220,13 +248,18 @@ def _with_required_headers(raw: bytes, queue_id: str) -> bytes:
     return extra + raw
 
 
-class RateLimited(Exception):
-    """Over a sending limit when the message was about to be stored (parallel sessions
-    can pass the checks at MAIL and RCPT together); the reply is the 451 to send."""
+class SubmissionRefused(Exception):
+    """The message is not taken; `reply` is the SMTP reply that says why."""
 
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
+
+
+class RateLimited(SubmissionRefused):
+    """Over a sending limit when the message was about to be stored (parallel sessions
+    can pass the checks at MAIL and RCPT together); the reply is the 451 to send (or the
+    550 of a sender suspended meanwhile, see sending_suspended_problem)."""
 
 
 def submission_accept(
@@ -242,6 +275,12 @@ def submission_accept(
         (remote if verdict.status is mail_services.RecipientStatus.NOT_LOCAL else local).append(
             verdict.address
         )
+    # Content checks of other apps (the malware scan), by dotted path: each returns the
+    # SMTP reply that refuses the message, or None. Before anything is stored.
+    for path in settings.A3_SUBMISSION_CONTENT_CHECKS:
+        problem = import_string(path)(raw=raw, mailbox_id=sender.mailbox_id, domain_id=sender.domain_id)
+        if problem:
+            raise SubmissionRefused(problem)
     stored = trace + _with_required_headers(raw, queue_id)
     incoming = IncomingMessage(
         queue_id=queue_id,

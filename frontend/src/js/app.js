@@ -109,6 +109,23 @@
     if (select.value && select.form) select.form.requestSubmit();
   });
 
+  // Quarantine: a threats alert (something held, a release requested) tells the list to
+  // refresh itself (hx-trigger="a3:quarantine-changed from:body").
+  document.addEventListener("a3:alert", (event) => {
+    const kind = event.detail && event.detail.kind;
+    if (typeof kind === "string" && kind.startsWith("threats.")) {
+      document.body.dispatchEvent(new CustomEvent("a3:quarantine-changed", { detail: { kind } }));
+    }
+  });
+
+  // A list that refreshes itself must not throw away what the reader has ticked: skip
+  // the refresh of a [data-keep-selection] container while any of its boxes is checked.
+  document.addEventListener("htmx:beforeRequest", (event) => {
+    const source = event.detail && event.detail.elt;
+    if (!(source instanceof Element) || !source.hasAttribute("data-keep-selection")) return;
+    if (source.querySelector("input[type=checkbox]:checked")) event.preventDefault();
+  });
+
   document.addEventListener("DOMContentLoaded", () => {
     const source = document.getElementById("toasts");
     if (source && source.dataset.wsUrl && "WebSocket" in window) {

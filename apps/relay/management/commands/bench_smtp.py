@@ -3,13 +3,11 @@ receiving (inbound) and relaying (outbound)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
-from types import FrameType
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.core.benchmarks import bench_command_run
 from apps.relay.bench.runner import MODES, PARTS, BenchOptions, run_bench
 
 
@@ -26,11 +24,6 @@ def _modes(value: str) -> tuple[str, ...]:
     if unknown or not modes:
         raise CommandError(f"--modes: choose from {', '.join(MODES)}")
     return modes
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM unwinds like Ctrl-C, so every server started so far is stopped.
-    raise KeyboardInterrupt
 
 
 class Command(BaseCommand):
@@ -81,23 +74,9 @@ class Command(BaseCommand):
             scaleout_messages=options["scaleout_messages"],
             output=Path(options["output"]).resolve(),
         )
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            report = run_bench(bench, self._say)
-        except KeyboardInterrupt:
-            raise CommandError("interrupted; everything the benchmark started has been stopped") from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        report.write_json(bench.output)
-        self.stdout.write("\n" + report.markdown() + "\n")
-        load = ", ".join(f"{x:.2f}" for x in report.loadavg_at_start)
-        self.stdout.write(
-            f"\nJSON: {bench.output} (whole run: {report.elapsed_s:.0f} s; "
-            f"load average at start: {load} on {os.cpu_count()} CPUs)"
+        bench_command_run(
+            self,
+            lambda say: run_bench(bench, say),
+            output=bench.output,
+            failure="some servers could not be measured; see above",
         )
-        if report.failed:
-            raise CommandError("some servers could not be measured; see above")
-
-    def _say(self, line: str) -> None:
-        self.stdout.write(line)
-        self.stdout.flush()
