@@ -75,14 +75,19 @@ class LoadResult:
 
     def latency_ms(self, percentile: float) -> float | None:
         """Nearest-rank percentile of the acknowledgement latency, in milliseconds."""
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        rank = max(1, math.ceil(percentile / 100 * len(ordered)))
-        return ordered[rank - 1] * 1000
+        found = nearest_rank(self.latencies, percentile)
+        return None if found is None else found * 1000
 
     def error(self, what: str) -> None:
         self.error_replies[what[:120]] += 1
+
+
+def nearest_rank(values: list[float], percentile: float) -> float | None:
+    """The nearest-rank percentile of `values`; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(percentile / 100 * len(ordered))) - 1]
 
 
 def message_body(size: int) -> bytes:

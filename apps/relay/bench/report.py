@@ -52,10 +52,26 @@ class OutboundRow:
 
 
 @dataclass
+class LatencyRow:
+    """Delivery latency at low load: one message at a time through one SMTP session, from
+    its 250 until it is in the recipient's INBOX (no queueing behind other messages)."""
+
+    server: str
+    mode: str
+    messages: int
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    max_ms: float | None = None
+    p50_vs_postfix: float | None = None  # this row's p50 / Postfix's (lower is better)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     settings: dict[str, Any]
     rows: list[Row] = field(default_factory=list)
     outbound: list[OutboundRow] = field(default_factory=list)
+    latency: list[LatencyRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # servers skipped or failed
     failed: bool = False  # a server could not be measured although it was available
     elapsed_s: float | None = None  # the whole benchmark, start-ups and clean-ups included
@@ -77,6 +93,10 @@ class Report:
             anchor = anchors.get(row.generator)
             if row.e2e_per_s and anchor:
                 row.e2e_vs_postfix = row.e2e_per_s / anchor
+        latency_anchor = next((r.p50_ms for r in self.latency if r.server == "Postfix"), None)
+        for row in self.latency:
+            if row.p50_ms and latency_anchor:
+                row.p50_vs_postfix = row.p50_ms / latency_anchor
         relay_anchor = next((r.relayed_per_s for r in self.outbound if r.server == "Postfix"), None)
         for row in self.outbound:
             if row.relayed_per_s and relay_anchor:
@@ -86,9 +106,13 @@ class Report:
         parts = []
         if self.rows:
             parts.append(self._inbound_markdown())
+        if self.latency:
+            parts.append(self._latency_markdown())
         if self.outbound:
             parts.append(self._outbound_markdown())
         notes = [f"- {r.server} {r.mode} {r.generator}: {n}" for r in self.rows for n in r.notes]
+        notes += [f"- latency {r.server} {r.mode}: {n}" for r in self.latency for n in r.notes]
+        notes += self._scanning_cost()
         notes += [f"- outbound {r.server} {r.mode}: {n}" for r in self.outbound for n in r.notes]
         notes += [f"- {n}" for n in self.notes]
         if notes:
@@ -117,6 +141,39 @@ class Report:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         return "Inbound (SMTP reception and local delivery)\n\n" + "\n".join(lines)
+
+    def _latency_markdown(self) -> str:
+        header = "| server | mode | msgs | 250→INBOX p50 ms | p95 ms | max ms | p50 vs Postfix |"
+        lines = [header, "|" + "---|" * 2 + "---:|" * 5]
+        for r in self.latency:
+            cells = [
+                r.server,
+                r.mode,
+                str(r.messages),
+                _num(r.p50_ms, 1),
+                _num(r.p95_ms, 1),
+                _num(r.max_ms, 1),
+                _ratio(r.p50_vs_postfix),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "Delivery latency, one message at a time (its 250 → in the INBOX)\n\n" + "\n".join(lines)
+
+    def _scanning_cost(self) -> list[str]:
+        """What scanning adds, from the same build run with A3_SCANNING on and off."""
+        p50 = {r.mode: r.p50_ms for r in self.latency if r.server == "A3Mailer"}
+        e2e = {r.mode: r.e2e_per_s for r in self.rows if r.server == "A3Mailer" and r.generator == "loadgen"}
+        notes = []
+        if p50.get("embedded") and p50.get("unscanned"):
+            notes.append(
+                f"- scanning adds {p50['embedded'] - p50['unscanned']:.1f} ms to the p50 delivery latency "
+                "(embedded with scanning on vs off)"
+            )
+        if e2e.get("embedded") and e2e.get("unscanned"):
+            notes.append(
+                f"- with scanning on, embedded inbound runs at {e2e['embedded'] / e2e['unscanned']:.0%} "
+                "of its unscanned end-to-end rate"
+            )
+        return notes
 
     def _outbound_markdown(self) -> str:
         header = (
@@ -155,6 +212,7 @@ class Report:
             "settings": self.settings,
             "rows": [asdict(row) for row in self.rows],
             "outbound": [asdict(row) for row in self.outbound],
+            "latency": [asdict(row) for row in self.latency],
             "notes": self.notes,
         }
         path.write_text(json.dumps(body, indent=2) + "\n")

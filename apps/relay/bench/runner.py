@@ -6,6 +6,7 @@ Outbound (apps.relay.bench.outbound): the same servers relaying to one sink."""
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import subprocess
 import time
 import uuid
@@ -14,10 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from apps.relay.bench.loadgen import LoadSpec, run_load
+from apps.relay.bench.loadgen import LoadSpec, message_body, message_bytes, nearest_rank, run_load
 from apps.relay.bench.outbound import run_outbound
 from apps.relay.bench.probes import RssSampler, wait_delivered
-from apps.relay.bench.report import Report, Row
+from apps.relay.bench.report import LatencyRow, Report, Row
 from apps.relay.bench.targets import (
     RECIPIENT,
     ROOT,
@@ -30,7 +31,9 @@ from apps.relay.bench.targets import (
 
 SMTP_SOURCE = Path("/usr/sbin/smtp-source")
 SENDER = "sender@bench.test"
-MODES = ("embedded", "scaleout")
+# "unscanned": embedded with A3_SCANNING=false, the same build without the threat checks,
+# so that the report can say what scanning costs.
+MODES = ("embedded", "scaleout", "unscanned")
 PARTS = ("inbound", "outbound")
 
 
@@ -60,6 +63,7 @@ class BenchOptions:
     parts: tuple[str, ...] = PARTS  # inbound (reception), outbound (relaying)
     skip_postfix: bool = False
     warmup: int = 20
+    latency_messages: int = 100  # one at a time, 250 → INBOX (0: not measured)
     scaleout_messages: int | None = None  # scale-out mode only; default: messages
     output: Path = ROOT / "var" / "bench" / "latest.json"
 
@@ -104,6 +108,7 @@ def _bench_postfix(options: BenchOptions, report: Report, say: Callable[[str], N
             postfix.start(stack)
             _warm_up(postfix, options)
             report.rows += _measure_all(postfix, options.messages, options, say)
+            _measure_latency(postfix, options, report, say)
     except Unavailable as exc:
         say(f"postfix: not available ({exc})")
         report.notes.append(f"postfix: not available ({exc})")
@@ -118,6 +123,7 @@ def _bench_a3mailer(mode: str, options: BenchOptions, report: Report, say: Calla
             server = start_a3mailer(mode, stack, keep_logs_in=options.output.parent / "logs")
             _warm_up(server, options)
             report.rows += _measure_all(server, options.messages_for(mode), options, say)
+            _measure_latency(server, options, report, say)
             say(f"{mode}: stopping…")
     except Unavailable as exc:
         say(f"{mode}: not available ({exc})")
@@ -198,6 +204,35 @@ def _measure(
             f"only {row.delivered} of {run.accepted} acknowledged messages delivered ({waited.reason})"
         )
     return row
+
+
+def _measure_latency(
+    target: Target, options: BenchOptions, report: Report, say: Callable[[str], None]
+) -> None:
+    """One message at a time through one session: from its 250 until it is in the INBOX.
+    What a user waits for when the server is not busy, scanning and delivery included."""
+    if options.latency_messages <= 0:
+        return
+    target.prepare()
+    row = LatencyRow(target.server, target.mode, options.latency_messages)
+    spec = _spec(target, options, options.latency_messages, "latency")
+    body = message_body(options.size)
+    samples: list[float] = []
+    with smtplib.SMTP(target.host, target.port, local_hostname="latency.bench.test", timeout=30) as client:
+        for seq in range(options.latency_messages):
+            before = target.delivered()
+            client.sendmail(SENDER, [RECIPIENT], message_bytes(spec, seq, body)[: -len(b".\r\n")])
+            acknowledged = time.monotonic()
+            waited = wait_delivered(target.delivered, before + 1, interval=0.001, stall_seconds=30)
+            if waited.finished_at is None:
+                row.notes.append(f"message {seq + 1} was not delivered ({waited.reason})")
+                break
+            samples.append((waited.finished_at - acknowledged) * 1000)
+    target.check_alive()
+    row.p50_ms, row.p95_ms = nearest_rank(samples, 50), nearest_rank(samples, 95)
+    row.max_ms = max(samples, default=None)
+    report.latency.append(row)
+    say(f"{target.server} {target.mode} latency: 250 → INBOX p50 {_fmt(row.p50_ms)} ms")
 
 
 def _run_loadgen(target: Target, messages: int, options: BenchOptions) -> _Run:

@@ -40,7 +40,11 @@ class Command(BaseCommand):
             "--concurrency", type=_positive, default=defaults.concurrency, help="concurrent SMTP sessions"
         )
         parser.add_argument("--size", type=_positive, default=defaults.size, help="body bytes per message")
-        parser.add_argument("--modes", default=",".join(MODES), help="A3Mailer modes: embedded,scaleout")
+        parser.add_argument(
+            "--modes",
+            default=",".join(MODES),
+            help="A3Mailer modes: embedded,scaleout,unscanned (embedded with A3_SCANNING=false)",
+        )
         parser.add_argument(
             "--only",
             choices=PARTS,
@@ -60,6 +64,12 @@ class Command(BaseCommand):
             default=defaults.warmup,
             help="unmeasured messages per server first (0: none)",
         )
+        parser.add_argument(
+            "--latency-messages",
+            type=int,
+            default=defaults.latency_messages,
+            help="messages sent one at a time for the 250 → INBOX latency (0: not measured)",
+        )
         parser.add_argument("--output", type=Path, default=defaults.output, help="where to write the JSON")
 
     def handle(self, *args: object, **options: object) -> None:
@@ -71,6 +81,7 @@ class Command(BaseCommand):
             parts=(str(options["only"]),) if options["only"] else PARTS,
             skip_postfix=bool(options["skip_postfix"]),
             warmup=max(0, int(options["warmup"])),
+            latency_messages=max(0, int(options["latency_messages"])),
             scaleout_messages=options["scaleout_messages"],
             output=Path(options["output"]).resolve(),
         )
