@@ -3,8 +3,7 @@ the last audit-chain verification."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.core.cache import cache
@@ -17,6 +16,7 @@ from apps.compliance.services import dlp as dlp_services
 from apps.compliance.services.audit import VerifyResult, audit_verify
 from apps.compliance.services.holds import holds_active, legal_hold_list
 from apps.compliance.services.retention import retention_policy_list
+from apps.core.charts import Chart, daily_chart
 
 if TYPE_CHECKING:
     from apps.accounts.models import User
@@ -27,25 +27,6 @@ AUDIT_STATUS_TTL = 6 * 3600
 # Verifying walks the whole chain; below this many events it is quick enough to do while
 # the page renders when no cached result exists. Above, the page waits for "verify now".
 AUDIT_INLINE_VERIFY_MAX = 20_000
-
-
-@dataclass(frozen=True)
-class Bar:
-    day: date
-    value: int
-    x: int
-    y: int
-    height: int
-
-
-@dataclass(frozen=True)
-class Chart:
-    bars: list[Bar]
-    width: int
-    height: int
-    bar_width: int
-    maximum: int
-    total: int
 
 
 def retention_chart(*, days: int = CHART_DAYS) -> Chart:
@@ -60,26 +41,7 @@ def retention_chart(*, days: int = CHART_DAYS) -> Chart:
         .annotate(total=Sum("deleted_items"))
         .values_list("day", "total")
     )
-    slot, bar_width, plot_height, top = 20, 14, 120, 10
-    maximum = max([*per_day.values(), 0])
-    bars = []
-    for index in range(days):
-        day = first + timedelta(days=index)
-        value = int(per_day.get(day) or 0)
-        height = round(plot_height * value / maximum) if maximum else 0
-        if value and height < 2:
-            height = 2  # a day with deletions stays visible next to a huge one
-        bars.append(
-            Bar(day=day, value=value, x=index * slot + 3, y=top + plot_height - height, height=height)
-        )
-    return Chart(
-        bars=bars,
-        width=days * slot,
-        height=top + plot_height + 20,
-        bar_width=bar_width,
-        maximum=maximum,
-        total=sum(per_day.values()),
-    )
+    return daily_chart({"deleted": per_day}, days=days, today=today)
 
 
 def audit_status_store(result: VerifyResult) -> dict[str, object]:

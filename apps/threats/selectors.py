@@ -8,14 +8,20 @@ Anything outside the scope is "not found".
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.conf import settings
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import TruncDate
+from django.utils import timezone
 
+from apps.core.charts import Chart, daily_chart
 from apps.core.exceptions import NotFoundError
 from apps.mailboxes.blobstore import BlobNotFound, blob_store
 from apps.mailboxes.models import Domain, Mailbox
 from apps.threats.models import (
+    Category,
     ContentRule,
     DomainPolicy,
     ListEntry,
@@ -27,6 +33,8 @@ from apps.threats.models import (
 
 if TYPE_CHECKING:
     from apps.accounts.models import User
+
+CHART_DAYS = 14
 
 
 def _active(user: User) -> bool:
@@ -127,18 +135,62 @@ def quarantine_item_recipients(user: User, item: QuarantineItem) -> QuerySet[Qua
 def quarantine_counts(user: User) -> dict[str, int]:
     """Held items per category, for the summary cards."""
     counts = dict.fromkeys(("spam", "malware", "policy", "unscannable"), 0)
-    for category in (
+    counts.update(
         quarantine_items_visible_to(user)
         .filter(state=QuarantineItem.State.HELD)
-        .values_list("category", flat=True)
-    ):
-        counts[category] = counts.get(category, 0) + 1
+        .order_by()
+        .values("category")
+        .annotate(n=Count("id"))
+        .values_list("category", "n")
+    )
     counts["requested"] = (
         quarantine_recipients_visible_to(user)
         .filter(state=QuarantineRecipient.State.RELEASE_REQUESTED)
         .count()
     )
     return counts
+
+
+def quarantine_held_chart(user: User, *, days: int = CHART_DAYS) -> Chart:
+    """Mailbox copies held per day and category over the last `days`, within the viewer's
+    scope (one message held for three mailboxes counts three times)."""
+    today = timezone.localdate()
+    rows = (
+        quarantine_recipients_visible_to(user)
+        .filter(item__created_at__date__gte=today - timedelta(days=days - 1))
+        .annotate(day=TruncDate("item__created_at"))
+        .order_by()
+        .values("day", "item__category")
+        .annotate(n=Count("id"))
+        .values_list("day", "item__category", "n")
+    )
+    series: dict[str, dict[date, int]] = {category: {} for category in Category.values}
+    for day, category, n in rows:
+        series.setdefault(category, {})[day] = n
+    return daily_chart(series, days=days, today=today)
+
+
+def scan_rate_chart(user: User, *, days: int = CHART_DAYS) -> Chart | None:
+    """Messages scanned per day, split into clean and spam (scored at or over the server's
+    Junk threshold, or held for malware, policy or as unscannable); server-wide, so for
+    superadmins only (None for anyone else)."""
+    if not (_active(user) and user.is_superadmin):
+        return None
+    today = timezone.localdate()
+    spam = Q(score__gte=settings.A3_SPAM_JUNK_SCORE) | ~Q(category="")
+    rows = (
+        ScanVerdict.objects.filter(scanned_at__date__gte=today - timedelta(days=days - 1))
+        .annotate(day=TruncDate("scanned_at"))
+        .order_by()
+        .values("day")
+        .annotate(scanned=Count("id"), spam=Count("id", filter=spam))
+        .values_list("day", "scanned", "spam")
+    )
+    clean: dict[date, int] = {}
+    flagged: dict[date, int] = {}
+    for day, scanned, spam_count in rows:
+        clean[day], flagged[day] = scanned - spam_count, spam_count
+    return daily_chart({"clean": clean, "spam": flagged}, days=days, today=today)
 
 
 # --- Rules, lists and policies --------------------------------------------------------------

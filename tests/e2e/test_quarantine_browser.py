@@ -265,3 +265,27 @@ def test_browser_quarantine_list_shows_newly_held_mail_without_a_reload(
     assert int(page.locator("#count-spam").inner_text()) == int(before) + 1  # cards swapped out of band
     assert seen["dialogs"] == [] and seen["errors"] == []
     context.close()
+
+
+DASHBOARD_SUBJECT = "Held while the dashboard is open"
+
+
+def test_browser_dashboard_shows_the_quarantine_alert_live(served, browser, quarantined, tracker):
+    """The "done when" of the quarantine: GTUBE sent over SMTP is held, and the alert
+    appears on the open dashboard without a reload."""
+    base = served.base_url
+    context = browser.new_context()
+    page = context.new_page()
+    _login(page, base)  # lands on the overview with its live feed
+    seen = _watch(page)
+    page.wait_for_selector("#live-status[data-state=live]", timeout=10_000)
+    page.evaluate("window.__noReload = 1")
+
+    _send(served, _hostile_spam(DASHBOARD_SUBJECT, tracker))
+
+    feed = page.locator("#alert-feed")
+    feed.get_by_text(f"Quarantined (spam): {DASHBOARD_SUBJECT}").wait_for(timeout=20_000)
+    assert page.evaluate("window.__noReload") == 1
+    assert seen["dialogs"] == [] and seen["errors"] == []
+    _shot(page, "dashboard-quarantine-alert.png")
+    context.close()

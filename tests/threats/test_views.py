@@ -604,3 +604,62 @@ def test_user_cannot_touch_another_mailboxs_list(client, user_a, mailbox_b, supe
     )
     assert list(ListEntry.objects.values_list("value", flat=True)) == ["x@y.test"]
     assert not QuarantinePreference.objects.exists()
+
+
+# --- Charts ----------------------------------------------------------------------------------
+
+
+def test_held_chart_counts_the_viewers_mailbox_copies_per_category(admin_a, user_a, mailbox_a, mailbox_b):
+    from apps.threats.selectors import quarantine_held_chart
+
+    held(mailbox_a.address)
+    held(mailbox_a.address, mailbox_b.address, verdict="malware 0")
+    held(mailbox_b.address, verdict="policy 0")
+
+    mine = quarantine_held_chart(user_a)
+    theirs = quarantine_held_chart(admin_a)
+
+    assert mine.totals == {"spam": 1, "malware": 1, "policy": 0, "unscannable": 0}
+    assert theirs.totals == mine.totals  # alpha.test has one mailbox here
+    assert len(mine.bars) == 14 and mine.bars[-1].value == 2
+
+
+def test_scan_chart_is_server_wide_for_superadmins_only(superadmin, admin_a, mailbox_a, mailbox_b):
+    from apps.threats.selectors import scan_rate_chart
+
+    held(mailbox_a.address)  # score 20: spam
+    held(mailbox_b.address, verdict="policy 0")  # held for policy: spam side too
+    for _ in range(2):  # clean mail, delivered
+        (message,) = messages_accept(
+            incoming=[
+                IncomingMessage(
+                    queue_id=new_queue_id(),
+                    mail_from="friend@remote.test",
+                    recipients=(mailbox_a.address,),
+                    raw=b"From: friend@remote.test\r\nSubject: hi\r\n\r\nhello\r\n",
+                    peer_ip="192.0.2.8",
+                )
+            ]
+        )
+        message_deliver(message_id=message.pk)
+
+    chart = scan_rate_chart(superadmin)
+
+    assert chart.totals == {"clean": 2, "spam": 2}
+    assert scan_rate_chart(admin_a) is None
+
+
+def test_quarantine_page_draws_the_charts_without_inline_styles(client, superadmin, admin_a, mailbox_a):
+    held(mailbox_a.address, subject="Charted")
+    client.force_login(superadmin)
+    body = client.get("/quarantine/").content.decode()
+
+    charts = body.split('<div class="chart-row">')[1]
+    assert 'id="held-chart"' in charts and 'id="scan-chart"' in charts
+    assert charts.count('class="series-spam"') == 2  # one held copy, one spam scan, today
+    assert "1 message scanned, 100 % spam" in charts
+    assert 'style="' not in charts
+
+    client.force_login(admin_a)
+    body = client.get("/quarantine/").content.decode()
+    assert 'id="held-chart"' in body and 'id="scan-chart"' not in body

@@ -158,6 +158,8 @@ def quarantine_list_view(request: HttpRequest) -> HttpResponse:
     }
     if htmx_partial(request):
         return render(request, "threats/partials/quarantine_table.html", {**context, "oob": True})
+    context["held_chart"] = selectors.quarantine_held_chart(request.user)
+    context["scan_chart"] = selectors.scan_rate_chart(request.user)
     return render(request, "threats/quarantine_list.html", context)
 
 
