@@ -690,6 +690,9 @@ A3_SUBMISSION_SENDER_CHECKS = ["apps.threats.services.behaviour.submission_suspe
 A3_SUBMISSION_CONTENT_CHECKS = ["apps.threats.services.outbound.outbound_malware_problem"]
 A3_BOUNCE_OBSERVERS = ["apps.threats.services.behaviour.bounces_observe"]
 A3_LOGIN_OBSERVERS = ["apps.threats.services.behaviour.login_observe"]
+# Webmail: "Report spam" / "Not spam" on every message (templates the message's action bar
+# includes; see apps/mailboxes/templatetags/webmail_actions.py).
+A3_WEBMAIL_MESSAGE_ACTIONS = ["threats/partials/webmail_spam_actions.html"]
 # Scanning off, for a server behind a filtering gateway that has scanned everything
 # already: accepted mail goes straight to delivery, with no SMTP-time checks, no verdicts,
 # no stamped headers and no malware check of submissions. Mail held earlier can still be

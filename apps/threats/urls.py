@@ -42,10 +42,12 @@ urlpatterns += [
 
 # One-click digest actions (the signed token is the credential) and suspensions.
 from apps.threats.views import digest as digest_views  # noqa: E402
+from apps.threats.views import reports as report_views  # noqa: E402
 from apps.threats.views import suspensions as suspension_views  # noqa: E402
 
 urlpatterns += [
     path("digest/<str:token>/", digest_views.digest_action_view, name="digest-action"),
+    path("report/<int:item_id>/", report_views.webmail_spam_report_view, name="webmail-spam-report"),
     path("suspensions/", suspension_views.suspension_list_view, name="suspension-list"),
     path(
         "suspensions/<int:suspension_id>/lift/",

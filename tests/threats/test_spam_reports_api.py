@@ -6,6 +6,7 @@ to the INBOX); only mail the caller may see can be reported."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from apps.compliance.models.audit import AuditEvent
@@ -261,3 +262,64 @@ def test_api_spam_report_query_count_is_capped(
         response = post(client, {"messages": [item.pk for item in items], "is_spam": True})
 
     assert response.json() == {"trained": 5, "moved": 5}
+
+
+# --- Webmail buttons -------------------------------------------------------------------------
+
+
+def test_webmail_shows_report_spam_in_the_inbox_and_not_spam_in_junk(client, user_a, mailbox_a):
+    inbox_item = file_message(mailbox_a, raw_message("inbox one"))
+    junk_item = file_message(mailbox_a, raw_message("junk one"), folder=Folder.SpecialUse.JUNK)
+    sent_item = file_message(mailbox_a, raw_message("sent one"), folder=Folder.SpecialUse.SENT)
+    client.force_login(user_a)
+    report = reverse("threats:webmail-spam-report", args=[inbox_item.pk])
+
+    inbox_page = client.get(f"/mail/webmail/messages/{inbox_item.pk}/").content.decode()
+    junk_page = client.get(f"/mail/webmail/messages/{junk_item.pk}/").content.decode()
+    sent_page = client.get(f"/mail/webmail/messages/{sent_item.pk}/").content.decode()
+
+    assert f'action="{report}"' in inbox_page and ">Report spam</button>" in inbox_page
+    assert ">Not spam</button>" in junk_page and ">Report spam</button>" not in junk_page
+    assert "Report spam" not in sent_page and "Not spam" not in sent_page
+
+
+def test_webmail_report_spam_trains_moves_to_junk_and_returns_to_the_folder(
+    client, user_a, mailbox_a, domain_a
+):
+    item = file_message(mailbox_a, raw_message("cheap watches"))
+    client.force_login(user_a)
+
+    response = client.post(reverse("threats:webmail-spam-report", args=[item.pk]), {"is_spam": "1"})
+
+    assert response.status_code == 302
+    assert response["Location"] == f"/mail/webmail/{mailbox_a.pk}/"
+    assert folder_of(item) == Folder.SpecialUse.JUNK
+    assert learnt(domain_a) == (1, 0)
+    assert [str(m) for m in get_messages(response.wsgi_request)] == ["Reported as spam and moved to Junk."]
+
+    response = client.post(reverse("threats:webmail-spam-report", args=[item.pk]), {"is_spam": "0"})
+    assert response["Location"] == f"/mail/webmail/{mailbox_a.pk}/?folder=Junk"
+    assert folder_of(item) == Folder.SpecialUse.INBOX
+    assert learnt(domain_a) == (0, 1)
+
+
+def test_webmail_report_of_anothers_message_is_404_and_changes_nothing(client, user_a, mailbox_b, domain_b):
+    item = file_message(mailbox_b, raw_message("not yours"))
+    client.force_login(user_a)
+
+    response = client.post(reverse("threats:webmail-spam-report", args=[item.pk]), {"is_spam": "1"})
+
+    assert response.status_code == 404
+    assert folder_of(item) == Folder.SpecialUse.INBOX
+    assert learnt(domain_b) == (0, 0)
+
+
+def test_webmail_report_needs_a_post_with_a_verdict(client, user_a, mailbox_a):
+    item = file_message(mailbox_a, raw_message("no verdict"))
+    client.force_login(user_a)
+    url = reverse("threats:webmail-spam-report", args=[item.pk])
+
+    assert client.get(url).status_code == 405
+    response = client.post(url, {"is_spam": "maybe"})
+    assert response.status_code == 400 and b"spam" in response.content
+    assert folder_of(item) == Folder.SpecialUse.INBOX
