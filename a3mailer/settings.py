@@ -696,12 +696,10 @@ A3_WEBMAIL_MESSAGE_ACTIONS = ["threats/partials/webmail_spam_actions.html"]
 # Scanning off, for a server behind a filtering gateway that has scanned everything
 # already: accepted mail goes straight to delivery, with no SMTP-time checks, no verdicts,
 # no stamped headers and no malware check of submissions. Mail held earlier can still be
-# reviewed, and behaviour analysis of sending accounts stays on.
+# reviewed and released (the verdict stage then only limits a release to the released
+# mailboxes), and behaviour analysis of sending accounts stays on.
 A3_SCANNING = env_bool("A3_SCANNING", True)
 if not A3_SCANNING:
     A3_SMTP_CHECKS = ""
     A3_ACCEPTED_MESSAGE_TASK = "apps.mailboxes.tasks.message_deliver_task"
-    A3_DELIVERY_STAGES = [
-        stage for stage in A3_DELIVERY_STAGES if stage != "apps.threats.services.verdicts.apply_verdict_stage"
-    ]
     A3_SUBMISSION_CONTENT_CHECKS = []

@@ -8,7 +8,7 @@ Anything outside the scope is "not found".
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -151,13 +151,19 @@ def quarantine_counts(user: User) -> dict[str, int]:
     return counts
 
 
+def _local_midnight(day: date) -> datetime:
+    """The start of `day` in the current time zone, as an aware datetime: compared with
+    the column directly, so that its index serves the range (a __date lookup would not)."""
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
 def quarantine_held_chart(user: User, *, days: int = CHART_DAYS) -> Chart:
     """Mailbox copies held per day and category over the last `days`, within the viewer's
     scope (one message held for three mailboxes counts three times)."""
     today = timezone.localdate()
     rows = (
         quarantine_recipients_visible_to(user)
-        .filter(item__created_at__date__gte=today - timedelta(days=days - 1))
+        .filter(item__created_at__gte=_local_midnight(today - timedelta(days=days - 1)))
         .annotate(day=TruncDate("item__created_at"))
         .order_by()
         .values("day", "item__category")
@@ -179,7 +185,7 @@ def scan_rate_chart(user: User, *, days: int = CHART_DAYS) -> Chart | None:
     today = timezone.localdate()
     spam = Q(score__gte=settings.A3_SPAM_JUNK_SCORE) | ~Q(category="")
     rows = (
-        ScanVerdict.objects.filter(scanned_at__date__gte=today - timedelta(days=days - 1))
+        ScanVerdict.objects.filter(scanned_at__gte=_local_midnight(today - timedelta(days=days - 1)))
         .annotate(day=TruncDate("scanned_at"))
         .order_by()
         .values("day")

@@ -21,6 +21,7 @@ from tests.threats.mailgen import gtube
 
 ROOT = Path(__file__).resolve().parents[2]
 SWITCHED = (
+    "A3_SCANNING",
     "A3_SMTP_CHECKS",
     "A3_ACCEPTED_MESSAGE_TASK",
     "A3_DELIVERY_STAGES",
@@ -66,6 +67,7 @@ def switched_off(tmp_path_factory) -> dict:
 
 def test_scanning_is_on_by_default(tmp_path):
     on = settings_with(tmp_path, "true")
+    assert on["A3_SCANNING"] is True
     assert on["A3_SMTP_CHECKS"] == "apps.threats.smtp_checks"
     assert on["A3_ACCEPTED_MESSAGE_TASK"] == "apps.threats.tasks.message_scan_task"
     assert "apps.threats.services.verdicts.apply_verdict_stage" in on["A3_DELIVERY_STAGES"]
@@ -73,10 +75,11 @@ def test_scanning_is_on_by_default(tmp_path):
 
 
 def test_switched_off_every_scanning_hook_is_gone(switched_off):
+    assert switched_off["A3_SCANNING"] is False
     assert switched_off["A3_SMTP_CHECKS"] == ""
     assert switched_off["A3_ACCEPTED_MESSAGE_TASK"] == "apps.mailboxes.tasks.message_deliver_task"
-    assert not any("threats" in stage for stage in switched_off["A3_DELIVERY_STAGES"])
-    assert "apps.mailboxes.services.messages.expand_recipients" in switched_off["A3_DELIVERY_STAGES"]
+    # The verdict stage stays: it limits releases of mail held earlier (and scans nothing).
+    assert "apps.threats.services.verdicts.apply_verdict_stage" in switched_off["A3_DELIVERY_STAGES"]
     assert switched_off["A3_SUBMISSION_CONTENT_CHECKS"] == []
 
 
@@ -105,3 +108,37 @@ def test_switched_off_gtube_is_delivered_untouched(settings, switched_off, mailb
     assert not ScanVerdict.objects.filter(message=message).exists()
     assert not QuarantineItem.objects.exists()
     assert mail_item_raw(item=item) == raw  # nothing stamped, nothing removed
+
+
+@pytest.mark.django_db
+def test_switched_off_a_release_of_mail_held_earlier_reaches_only_the_released_mailbox(
+    settings, switched_off, superadmin, mailbox_a
+):
+    """Held for two mailboxes while scanning was on; scanning is then switched off and one
+    copy is released: the other mailbox does not get it."""
+    from apps.threats.models import QuarantineRecipient
+    from apps.threats.services.quarantine import quarantine_release
+    from tests.factories import MailboxFactory
+
+    carol = MailboxFactory(domain=mailbox_a.domain, local_part="carol", address="carol@alpha.test")
+    [message] = mail_services.messages_accept(
+        incoming=[
+            IncomingMessage(
+                queue_id=mail_services.new_queue_id(),
+                mail_from="sender@remote.test",
+                recipients=(mailbox_a.address, carol.address),
+                raw=gtube_mail(),
+                peer_ip="192.0.2.7",
+            )
+        ]
+    )
+    mail_services.message_deliver(message_id=message.pk)
+    item = QuarantineItem.objects.get(message=message)
+    for name, value in switched_off.items():
+        setattr(settings, name, value)
+
+    quarantine_release(actor=superadmin, item=item, mailbox_ids=[mailbox_a.pk])
+
+    assert MailItem.objects.filter(message=message, mailbox=mailbox_a).count() == 1
+    assert not MailItem.objects.filter(message=message, mailbox=carol).exists()
+    assert QuarantineRecipient.objects.get(item=item, mailbox=carol).state == QuarantineRecipient.State.HELD

@@ -300,8 +300,8 @@ def start_a3mailer(
     password = secrets.token_urlsafe(18)
     server = A3Mailer(mode, data_dir, free_port(), free_port(), {}, submission_port=free_port())
     server.env = _child_env(data_dir, server.http_port, server.smtp_port, server.submission_port, password)
-    if mode == "unscanned":
-        server.env["A3_SCANNING"] = "false"
+    # Always set: an A3_SCANNING exported in the shell must not relabel the modes.
+    server.env["A3_SCANNING"] = "false" if mode == "unscanned" else "true"
     if mode == "scaleout":
         server.database_url = _temp_database(stack)
         server.env["DATABASE_URL"] = server.database_url
@@ -455,13 +455,14 @@ def _manage_shell(server: A3Mailer, code: str) -> None:
 # --- Postfix ---------------------------------------------------------------------------
 
 
-# Where postfix-anchor.sh delivers bench@bench.test (its documented layout).
+# Where the shared postfix-anchor.sh delivers bench@bench.test (its documented layout).
+DEFAULT_ANCHOR = ROOT.parent / "shared" / "bench" / "postfix-anchor.sh"
 POSTFIX_MAILDIR_NEW = Path("/tmp/pfbench/maildirs/bench.test/bench/new")  # noqa: S108 - fixed by the script
 
 
 def postfix_anchor_path() -> Path:
     configured = os.environ.get("A3_BENCH_POSTFIX_ANCHOR")
-    return Path(configured) if configured else ROOT.parent / "shared" / "bench" / "postfix-anchor.sh"
+    return Path(configured) if configured else DEFAULT_ANCHOR
 
 
 @dataclass
@@ -511,9 +512,11 @@ class Postfix:
         self._run("reset", timeout=180)
 
     def delivered(self) -> int:
-        """Files in the Maildir's new/ (the script's `count`, read directly: the latency
-        probe asks every millisecond, and spawning the script would take that CPU from
-        the server under test)."""
+        """Files in the Maildir's new/: the script's `count`, read directly for the
+        shared anchor script (the latency probe asks every millisecond, and spawning the
+        script would take that CPU from the server under test); other scripts are asked."""
+        if self.script.resolve() != DEFAULT_ANCHOR.resolve():
+            return int(self._run("count", timeout=30) or 0)
         try:
             return len(os.listdir(POSTFIX_MAILDIR_NEW))
         except FileNotFoundError:
