@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from django.conf import settings
 from django.db.models import Q
@@ -42,17 +42,8 @@ def policy_for_domain(domain_id: int | None) -> EffectivePolicy:
     row = DomainPolicy.objects.filter(domain_id=domain_id).first() if domain_id else None
     if row is None:
         return server_policy()
-    return EffectivePolicy(
-        header_score=row.header_score,
-        junk_score=row.junk_score,
-        quarantine_score=row.quarantine_score,
-        reject_score=row.reject_score,
-        unscannable_action=row.unscannable_action,
-        scanner_failure=row.scanner_failure,
-        quarantine_days=row.quarantine_days,
-        digest_default=row.digest_default,
-        bayes_enabled=row.bayes_enabled,
-    )
+    # The domain's row has a column for every setting of the effective policy.
+    return EffectivePolicy(**{field.name: getattr(row, field.name) for field in fields(EffectivePolicy)})
 
 
 def _ip_matches(value: str, ip: str | None) -> bool:

@@ -4,19 +4,18 @@ without anything in it running or fetching, and is released into the INBOX."""
 
 from __future__ import annotations
 
-import os
 import smtplib
 import threading
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, admin_token, api
+from tests.e2e.browser import admin_sign_in, screenshot, watch_page
+from tests.e2e.conftest import admin_token, api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -102,36 +101,6 @@ def quarantined(served, tracker):
     return {"token": token}
 
 
-def _login(page, base_url: str) -> None:
-    page.goto(f"{base_url}/accounts/login/")
-    page.fill("input[name=email]", ADMIN_EMAIL)
-    page.fill("input[name=password]", ADMIN_PASSWORD)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url(f"{base_url}/")
-
-
-def _watch(page) -> dict[str, list[str]]:
-    """Record dialogs (dismissing them), console output, page errors and every request,
-    from every frame of the page."""
-    seen: dict[str, list[str]] = {"dialogs": [], "console": [], "errors": [], "requests": []}
-
-    def on_dialog(dialog) -> None:
-        seen["dialogs"].append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("console", lambda msg: seen["console"].append(f"{msg.type}: {msg.text}"))
-    page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-    page.on("request", lambda request: seen["requests"].append(request.url))
-    return seen
-
-
-def _shot(page, name: str) -> None:
-    shots = os.environ.get("A3_SCREENSHOT_DIR")
-    if shots:
-        page.screenshot(path=str(Path(shots) / name), full_page=True)
-
-
 def _open_held(page, served, subject: str) -> None:
     """From the quarantine list to the held message, once the scanner has held it."""
     base = served.base_url
@@ -154,8 +123,8 @@ def test_browser_previews_held_hostile_mail_without_running_or_fetching_anything
     base = served.base_url
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    _login(page, base)
-    seen = _watch(page)
+    admin_sign_in(page, base)
+    seen = watch_page(page)
 
     page.locator("nav.sidebar").get_by_role("link", name="Quarantine", exact=True).click()
     page.wait_for_url(f"{base}/quarantine/")
@@ -191,7 +160,7 @@ def test_browser_previews_held_hostile_mail_without_running_or_fetching_anything
     page.locator("details.message-headers summary").click()
     assert page.locator(".header-table").get_by_text(SENDER).first.is_visible()
     page.wait_for_timeout(1000)  # give any sneaky script or fetch time to happen
-    _shot(page, "quarantine-detail-desktop.png")
+    screenshot(page, "quarantine-detail-desktop.png")
 
     assert seen["dialogs"] == []
     assert seen["console"] == []
@@ -207,8 +176,8 @@ def test_browser_admin_releases_held_mail_into_the_inbox(served, browser, quaran
     token = quarantined["token"]
     context = browser.new_context()
     page = context.new_page()
-    _login(page, base)
-    seen = _watch(page)
+    admin_sign_in(page, base)
+    seen = watch_page(page)
     _open_held(page, served, RELEASE_SUBJECT)
 
     status, listing = api(served, "GET", f"/api/v1/messages/?mailbox={quote(MAILBOX)}", token=token)
@@ -234,7 +203,7 @@ def test_browser_admin_releases_held_mail_into_the_inbox(served, browser, quaran
 
     # The list no longer shows it as held; the other message still is.
     page.goto(f"{base}/quarantine/")
-    _shot(page, "quarantine-list-desktop.png")
+    screenshot(page, "quarantine-list-desktop.png")
     table = page.locator("#quarantine-table")
     assert table.get_by_role("link", name=RELEASE_SUBJECT).count() == 0
     assert table.get_by_role("link", name=PREVIEW_SUBJECT).count() == 1
@@ -248,8 +217,8 @@ def test_browser_quarantine_list_shows_newly_held_mail_without_a_reload(
     base = served.base_url
     context = browser.new_context()
     page = context.new_page()
-    _login(page, base)
-    seen = _watch(page)
+    admin_sign_in(page, base)
+    seen = watch_page(page)
     with page.expect_websocket() as socket:  # the live alert feed (/ws/alerts/)
         page.goto(f"{base}/quarantine/")
     assert socket.value.url.endswith("/ws/alerts/")
@@ -276,8 +245,8 @@ def test_browser_dashboard_shows_the_quarantine_alert_live(served, browser, quar
     base = served.base_url
     context = browser.new_context()
     page = context.new_page()
-    _login(page, base)  # lands on the overview with its live feed
-    seen = _watch(page)
+    admin_sign_in(page, base)  # lands on the overview with its live feed
+    seen = watch_page(page)
     page.wait_for_selector("#live-status[data-state=live]", timeout=10_000)
     page.evaluate("window.__noReload = 1")
 
@@ -287,5 +256,5 @@ def test_browser_dashboard_shows_the_quarantine_alert_live(served, browser, quar
     feed.get_by_text(f"Quarantined (spam): {DASHBOARD_SUBJECT}").wait_for(timeout=20_000)
     assert page.evaluate("window.__noReload") == 1
     assert seen["dialogs"] == [] and seen["errors"] == []
-    _shot(page, "dashboard-quarantine-alert.png")
+    screenshot(page, "dashboard-quarantine-alert.png")
     context.close()

@@ -3,19 +3,18 @@ over real SMTP and is read in the browser without running anything or leaking a 
 
 from __future__ import annotations
 
-import os
 import smtplib
 import threading
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, admin_token, api
+from tests.e2e.browser import admin_sign_in, screenshot, watch_page
+from tests.e2e.conftest import admin_token, api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -110,35 +109,6 @@ def delivered(served, tracker):
     return {"token": token, "mailbox_id": mailbox_id, "item": listing["results"][0], "image_url": image_url}
 
 
-def _login(page, base_url: str) -> None:
-    page.goto(f"{base_url}/accounts/login/")
-    page.fill("input[name=email]", ADMIN_EMAIL)
-    page.fill("input[name=password]", ADMIN_PASSWORD)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url(f"{base_url}/")
-
-
-def _watch(page) -> dict[str, list[str]]:
-    """Record dialogs (dismissing them), console output and page errors, from every frame."""
-    seen: dict[str, list[str]] = {"dialogs": [], "console": [], "errors": [], "requests": []}
-
-    def on_dialog(dialog) -> None:
-        seen["dialogs"].append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("console", lambda msg: seen["console"].append(f"{msg.type}: {msg.text}"))
-    page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
-    page.on("request", lambda request: seen["requests"].append(request.url))
-    return seen
-
-
-def _shot(page, name: str) -> None:
-    shots = os.environ.get("A3_SCREENSHOT_DIR")
-    if shots:
-        page.screenshot(path=str(Path(shots) / name), full_page=True)
-
-
 def test_browser_reads_hostile_mail_safely_and_loads_remote_images_only_on_request(
     served, browser, delivered, tracker
 ):
@@ -146,8 +116,8 @@ def test_browser_reads_hostile_mail_safely_and_loads_remote_images_only_on_reque
     item = delivered["item"]
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    seen = _watch(page)
-    _login(page, base)
+    seen = watch_page(page)
+    admin_sign_in(page, base)
 
     # Webmail → the mailbox → the message, as a person would click.
     page.locator("nav.sidebar").get_by_role("link", name="Webmail", exact=True).click()
@@ -155,7 +125,7 @@ def test_browser_reads_hostile_mail_safely_and_loads_remote_images_only_on_reque
     row = page.locator(".mail-row", has_text="Quarterly report (hostile)")
     assert "unread" in (row.get_attribute("class") or "")
     assert page.locator(".folder-list a[data-folder=INBOX] .count").inner_text() == "1"
-    _shot(page, "webmail-list-desktop.png")
+    screenshot(page, "webmail-list-desktop.png")
     row.get_by_role("link").click()
     page.wait_for_url(f"{base}/mail/webmail/messages/{item['id']}/")
 
@@ -188,7 +158,7 @@ def test_browser_reads_hostile_mail_safely_and_loads_remote_images_only_on_reque
     page.wait_for_timeout(1000)  # give any sneaky fetch time to happen
     assert tracker.RequestHandlerClass.hits == []
     assert not [url for url in seen["requests"] if "pixel.png" in url]
-    _shot(page, "webmail-message-desktop.png")
+    screenshot(page, "webmail-message-desktop.png")
 
     page.evaluate("window.__noReload = 1")
     bar.get_by_role("link", name="Show remote images").click()
@@ -215,8 +185,8 @@ def test_browser_files_a_message_with_htmx_actions(served, browser, delivered):
     item = delivered["item"]
     context = browser.new_context()
     page = context.new_page()
-    seen = _watch(page)
-    _login(page, base)
+    seen = watch_page(page)
+    admin_sign_in(page, base)
     page.goto(f"{base}/mail/webmail/messages/{item['id']}/")
 
     page.get_by_role("button", name="☆ Flag").click()
@@ -250,13 +220,13 @@ def test_browser_files_a_message_with_htmx_actions(served, browser, delivered):
 def test_browser_message_view_fits_a_phone(served, browser, delivered):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()
-    _login(page, served.base_url)
+    admin_sign_in(page, served.base_url)
     page.goto(f"{served.base_url}/mail/webmail/messages/{delivered['item']['id']}/")
     page.frame_locator("iframe.message-body").get_by_text("Revenue is up.").wait_for(timeout=10_000)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the message view is {width}px wide on a 390px screen"
     assert page.locator("iframe.message-body").bounding_box()["width"] <= 390
-    _shot(page, "webmail-message-phone.png")
+    screenshot(page, "webmail-message-phone.png")
     status, detail = api(
         served, "GET", f"/api/v1/messages/{delivered['item']['id']}/", token=delivered["token"]
     )
@@ -265,5 +235,5 @@ def test_browser_message_view_fits_a_phone(served, browser, delivered):
     assert page.locator(".mail-row").count() == 1
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the message list is {width}px wide on a 390px screen"
-    _shot(page, "webmail-list-phone.png")
+    screenshot(page, "webmail-list-phone.png")
     context.close()
